@@ -1,0 +1,104 @@
+"""accelctl: one-time conversions in process, and task commands against a running acceld."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+from accel import __version__
+from accel.cli import tasks
+from accel.cli.progress import BarProgress, LogProgress
+from accel.config import Config, DriverConfig, load_config
+from accel.converter import ConversionResult, Converter
+from accel.errors import AccelError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accelctl", description="Convert OCI images into lazy-pulling images (one-time or via acceld)."
+    )
+    parser.add_argument("--version", action="version", version=f"accelctl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser("convert", help="convert one image now, in this process (no daemon needed)")
+    convert.add_argument("--config", required=True, help="acceld YAML config (registries, driver, rules)")
+    convert.add_argument(
+        "--driver", help="override converter.driver.type (its options are kept only if same)"
+    )
+    convert.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS/ARCH[/VARIANT]",
+        help="convert only this platform (repeatable; default converter.platforms, else all)",
+    )
+    convert.add_argument("--target", help="target reference (default: source tag + the rule's tag_suffix)")
+    convert.add_argument("--output", choices=("text", "json"), default="text", help="summary format")
+    convert.add_argument("source", help="image reference (host/repo:tag, host/repo@digest, oci:PATH[:TAG])")
+    convert.set_defaults(func=_convert)
+
+    tasks.register(commands)
+    return parser
+
+
+def _override(config: Config, args: argparse.Namespace) -> Config:
+    converter = config.converter
+    if args.driver and args.driver != converter.driver.type:
+        converter = converter.model_copy(update={"driver": DriverConfig(type=args.driver)})
+    if args.platform:
+        converter = converter.model_copy(update={"platforms": ",".join(args.platform)})
+    return config.model_copy(update={"converter": converter})
+
+
+def _convert(args: argparse.Namespace) -> int:
+    config = _override(load_config(args.config), args)
+    display: AbstractContextManager[BarProgress | LogProgress] = (
+        BarProgress() if sys.stderr.isatty() and args.output == "text" else LogProgress()
+    )
+    with Converter(config) as converter, display as progress:
+        result = converter.convert(args.source, target=args.target, progress=progress)
+    _print_summary(result, args.output)
+    return 0
+
+
+def _print_summary(result: ConversionResult, output: str) -> None:
+    if output == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    lines = [
+        f"source  {result.source}  {result.source_digest}  {result.source_size} bytes",
+        f"target  {result.target}  {result.target_digest}  {result.target_size} bytes",
+        f"driver  {result.driver} {result.driver_version}"
+        + (f"  platforms {', '.join(result.platforms)}" if result.platforms else ""),
+        f"time    {timings}",
+        f"bytes   pulled {result.bytes_in}, pushed {result.bytes_out}",
+    ]
+    lines += [f"note    {note}" for note in result.notes]
+    print("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
+    )
+    try:
+        code: int = args.func(args)
+        return code
+    except AccelError as exc:
+        print(f"accelctl: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("accelctl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

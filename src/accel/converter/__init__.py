@@ -1,0 +1,7 @@
+"""The converter: resolve a source image, convert it with the configured driver, push the result."""
+
+from accel.converter.pipeline import Converter
+from accel.converter.progress import ConversionResult, Progress, SourceInspection
+from accel.converter.rules import target_reference
+
+__all__ = ["ConversionResult", "Converter", "Progress", "SourceInspection", "target_reference"]

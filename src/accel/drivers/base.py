@@ -1,0 +1,226 @@
+"""The driver interface: one thin adapter per format between the converter and a format library.
+
+A driver converts one image manifest (one platform). The converter resolves the source, selects
+platforms, hands each manifest to the driver through a ``DriverContext``, then pushes what the driver
+returns. Drivers never talk to registries: they read source layers and write new blobs through the
+context, which pulls lazily and stores everything in the content store.
+
+Most formats convert layer by layer; ``LayerDriver`` runs ``convert_layer`` over the layers in parallel
+(bounded by the context) and rebuilds the config and manifest around the results.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, ClassVar, Protocol, TypeVar
+
+from accel.content import BlobWriter
+from accel.errors import ConfigError, FormatError
+from accel.oci import mediatypes as mt
+from accel.oci.manifest import Descriptor, ImageConfig, Index, Manifest
+from accel.oci.platform import Platform
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class DriverContext(Protocol):
+    """What a driver may do while converting; implemented by the converter."""
+
+    def open_layer(self, layer: Descriptor) -> BinaryIO:
+        """The source blob of ``layer`` (compressed as stored), pulled into the content store if needed."""
+        ...
+
+    def new_blob(self) -> BlobWriter:
+        """A writer for a new blob in the content store."""
+        ...
+
+    def put_blob(self, data: bytes) -> str:
+        """Store a small blob and return its digest."""
+        ...
+
+    def read_blob(self, digest: str) -> bytes:
+        """A small blob (config, manifest) from the content store or the source."""
+        ...
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``[fn(i) for i in items]``, run in parallel within the converter's bounds."""
+        ...
+
+    def check_canceled(self) -> None:
+        """Raise CanceledError when the conversion was canceled."""
+        ...
+
+    def advance(self, stage: str, nbytes: int) -> None:
+        """Report progress: ``nbytes`` more bytes done in ``stage`` (``"convert"``)."""
+        ...
+
+    def note(self, message: str) -> None:
+        """Record something the user should see in the result (a skipped layer and why)."""
+        ...
+
+
+@dataclass
+class SourceImage:
+    """One platform's image as the driver receives it."""
+
+    reference: str
+    manifest: Manifest
+    digest: str
+    config: ImageConfig
+    platform: Platform | None = None
+
+
+@dataclass
+class Artifact:
+    """A manifest pushed beside the converted image (a SOCI index, for instance).
+
+    ``blobs`` are the blobs it references that are in the content store; ``tag`` is set for artifacts
+    that are found by tag (the referrers fallback tag is maintained by the converter, not the driver).
+    """
+
+    manifest: Manifest
+    tag: str | None = None
+
+
+@dataclass
+class ConvertedImage:
+    """The driver's output for one manifest.
+
+    Every blob ``manifest`` references is either in the content store or already in the source
+    repository (unchanged layers); the converter pushes blobs, then the manifest, then ``referrers``.
+    """
+
+    manifest: Manifest
+    referrers: list[Artifact] = field(default_factory=list)
+    index_entries: list[Descriptor] = field(default_factory=list)
+    """Extra manifests (already in the content store) to list beside this one in the output index."""
+
+
+@dataclass
+class ConvertedLayer:
+    descriptor: Descriptor
+    diff_id: str
+
+
+class Driver(ABC):
+    """A format adapter. Subclasses set ``name`` and parse their options in ``__init__``."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+
+    def __init__(self, options: Mapping[str, str]) -> None:
+        self.options = dict(options)
+
+    def options_key(self) -> str:
+        """The options that change the output, canonically encoded (for task dedup and the layer cache)."""
+        return ",".join(f"{k}={v}" for k, v in sorted(self.output_options().items()))
+
+    def output_options(self) -> Mapping[str, Any]:
+        return {}
+
+    @abstractmethod
+    def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
+        """Convert one image manifest."""
+
+    def finish_index(self, index: Index, source: Index, ctx: DriverContext) -> Index:
+        """Adjust the rebuilt index of a multi-platform conversion (default: unchanged)."""
+        return index
+
+    def manifest_annotations(self, image: SourceImage) -> dict[str, str]:
+        """Annotations the driver adds to every converted manifest (and the index)."""
+        return {}
+
+
+class LayerDriver(Driver):
+    """A driver that converts each layer on its own and then rebuilds config and manifest."""
+
+    @abstractmethod
+    def convert_layer(self, layer: Descriptor, ctx: DriverContext) -> ConvertedLayer:
+        """Convert one source layer into a new blob in the content store."""
+
+    def extra_layers(
+        self, image: SourceImage, layers: list[ConvertedLayer], ctx: DriverContext
+    ) -> list[tuple[ConvertedLayer, dict[str, Any]]]:
+        """Layers appended after the converted ones, each with its history entry (Nydus's bootstrap)."""
+        return []
+
+    def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
+        def one(layer: Descriptor) -> ConvertedLayer:
+            ctx.check_canceled()
+            try:
+                return self.convert_layer(layer, ctx)
+            except FormatError as exc:
+                raise exc.in_layer(layer.digest) from exc
+
+        layers = ctx.map(one, image.manifest.layers)
+        return rebuild_image(image, layers, self.extra_layers(image, layers, ctx), ctx)
+
+
+def rebuild_image(
+    image: SourceImage,
+    layers: list[ConvertedLayer],
+    extra: list[tuple[ConvertedLayer, dict[str, Any]]],
+    ctx: DriverContext,
+) -> ConvertedImage:
+    """The OCI image made of ``layers`` (+ ``extra``): config diff_ids and history rewritten, OCI types."""
+    config = ImageConfig.from_json(image.config.to_json())
+    config.diff_ids = [layer.diff_id for layer in layers]
+    for layer, history in extra:
+        config.append_layer(layer.diff_id, history if config.history else None)
+    config_bytes = config.to_bytes()
+    config_digest = ctx.put_blob(config_bytes)
+    manifest = Manifest(
+        config=Descriptor(media_type=mt.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
+        layers=[layer.descriptor for layer in layers] + [layer.descriptor for layer, _ in extra],
+        media_type=mt.OCI_MANIFEST,
+        annotations=dict(image.manifest.annotations),
+    )
+    return ConvertedImage(manifest=manifest)
+
+
+def bool_option(options: Mapping[str, str], key: str, default: bool = False) -> bool:
+    """A boolean driver option (upstream passes every option as a string)."""
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"converter.driver.config.{key}: expected true or false, got {value!r}")
+
+
+def int_option(options: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
+    """An integer driver option; accepts decimal and ``0x`` hex (upstream's ``fs_chunk_size`` is hex)."""
+    value = options.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value.strip(), 0)
+    except ValueError:
+        raise ConfigError(f"converter.driver.config.{key}: expected an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"converter.driver.config.{key}: must be at least {minimum}, got {number}")
+    return number
+
+
+def choice_option(options: Mapping[str, str], key: str, choices: Sequence[str], default: str) -> str:
+    value = (options.get(key) or default).strip()
+    if value not in choices:
+        raise ConfigError(
+            f"converter.driver.config.{key}: expected one of {', '.join(choices)}, got {value!r}"
+        )
+    return value
+
+
+def check_known_options(options: Mapping[str, str], known: Sequence[str], driver: str) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"converter.driver.config: unknown option(s) for driver {driver!r}: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
