@@ -44,7 +44,15 @@ def skopeo_inspect(server: RegistryServer, ref: str) -> dict[str, object]:
 def skopeo_copy_out(server: RegistryServer, ref: str, dest: Path) -> None:
     """Copy every platform of ``ref`` out of the registry: fails if any referenced blob is missing."""
     subprocess.run(
-        ["skopeo", "--insecure-policy", "copy", "--all", *server.skopeo_args("src"), f"docker://{ref}", f"oci:{dest}:x"],
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            "--all",
+            *server.skopeo_args("src"),
+            f"docker://{ref}",
+            f"oci:{dest}:x",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -86,7 +94,9 @@ def test_cross_repository_layers_are_mounted_not_uploaded(
     push_layout(image.layout, f"{registry_plain.host}/mount/src:v1", format=None, tls_verify=False)
     config = make_config(tmp_path / "work", {fault_proxy.host: registry_plain.source()})
     with Converter(config) as converter:
-        result = converter.convert(f"{fault_proxy.host}/mount/src:v1", target=f"{fault_proxy.host}/mount/dst:v1")
+        result = converter.convert(
+            f"{fault_proxy.host}/mount/src:v1", target=f"{fault_proxy.host}/mount/dst:v1"
+        )
     assert result.bytes_in == 0 and result.bytes_out == 0
     # Three layers and the config, each by one mount POST and no upload.
     assert fault_proxy.count("POST", r"^/v2/mount/dst/blobs/uploads/$") == 4
@@ -140,7 +150,9 @@ def test_layout_to_layout_needs_no_registry(tmp_path: Path) -> None:
         assert isinstance(child, Manifest)
         for blob in [child.config, *child.layers]:
             assert layout.has_blob(blob.digest)
-    subprocess.run(["skopeo", "inspect", f"oci:{tmp_path / 'dst'}:converted"], check=True, capture_output=True)
+    subprocess.run(
+        ["skopeo", "inspect", f"oci:{tmp_path / 'dst'}:converted"], check=True, capture_output=True
+    )
 
 
 def test_layout_source_to_registry_uploads_layers(registry_token: RegistryServer, tmp_path: Path) -> None:
@@ -157,7 +169,9 @@ def test_wrong_credentials_fail_with_a_clear_error(registry_tls: RegistryServer,
     image = build_rich_image(tmp_path / "src")
     source = f"{registry_tls.host}/creds/rich:v1"
     push_layout(image.layout, source, **_skopeo_push(registry_tls))
-    config = make_config(tmp_path / "work", {registry_tls.host: registry_tls.source(password="wrong-password")})
+    config = make_config(
+        tmp_path / "work", {registry_tls.host: registry_tls.source(password="wrong-password")}
+    )
     with Converter(config) as converter, pytest.raises(UnauthorizedError) as err:
         converter.convert(source)
     assert "wrong-password" not in str(err.value)
@@ -184,7 +198,9 @@ def test_manifest_that_does_not_match_its_digest_is_rejected(
     fault_proxy.corrupt("GET", "/manifests/", times=1)
     config = make_config(tmp_path / "work", {fault_proxy.host: registry_plain.source()})
     with Converter(config) as converter, pytest.raises(DigestMismatchError) as err:
-        converter.convert(f"{fault_proxy.host}/corrupt/rich@{digest}", target=f"{fault_proxy.host}/corrupt/rich:out")
+        converter.convert(
+            f"{fault_proxy.host}/corrupt/rich@{digest}", target=f"{fault_proxy.host}/corrupt/rich:out"
+        )
     assert "digest" in str(err.value)
 
 
@@ -192,13 +208,17 @@ def test_unknown_platform_selection_fails_clearly(registry_plain: RegistryServer
     image = build_multiplatform_image(tmp_path / "src")
     source = f"{registry_plain.host}/oci-e2e/noplat:v1"
     push_layout(image.layout, source, tls_verify=False)
-    config = make_config(tmp_path / "work", {registry_plain.host: registry_plain.source()}, platforms="linux/s390x")
+    config = make_config(
+        tmp_path / "work", {registry_plain.host: registry_plain.source()}, platforms="linux/s390x"
+    )
     with Converter(config) as converter, pytest.raises(ConversionError) as err:
         converter.convert(source)
     assert "linux/s390x" in str(err.value) and "linux/amd64" in str(err.value)
 
 
-def test_inspect_recognises_our_output_and_an_existing_target(registry_plain: RegistryServer, tmp_path: Path) -> None:
+def test_inspect_recognises_our_output_and_an_existing_target(
+    registry_plain: RegistryServer, tmp_path: Path
+) -> None:
     image = build_docker_image(tmp_path / "src")
     source = f"{registry_plain.host}/inspect/rich:v1"
     push_layout(image.layout, source, format=None, tls_verify=False)
@@ -227,8 +247,17 @@ def test_conversion_killed_during_push_leaves_no_target_tag(
         registry={"max_retries": 50},
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "accel.cli.accelctl", "convert", "--config", str(config_file),
-         f"{fault_proxy.host}/killed/rich:v1", "--target", f"{fault_proxy.host}/killed/rich:out"],
+        [
+            sys.executable,
+            "-m",
+            "accel.cli.accelctl",
+            "convert",
+            "--config",
+            str(config_file),
+            f"{fault_proxy.host}/killed/rich:v1",
+            "--target",
+            f"{fault_proxy.host}/killed/rich:out",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

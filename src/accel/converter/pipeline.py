@@ -411,6 +411,11 @@ class _Conversion:
         self.check_canceled()
 
         def open_source() -> BinaryIO:
+            if not self.store.has(blob.digest):
+                # A layout source is already a local file: upload from it instead of copying it first.
+                local = self.source.open_local(blob.digest)
+                if local is not None:
+                    return local
             self.ensure_local(blob)
             return self.store.open(blob.digest)
 

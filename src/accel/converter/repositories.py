@@ -64,6 +64,10 @@ class ImageRepository(ABC):
     def referrers_fallback(self, subject: str, descriptor: Descriptor) -> None:  # noqa: B027 - optional
         """Record ``descriptor`` as a referrer of ``subject`` where the store has no referrers API."""
 
+    def open_local(self, digest: str) -> BinaryIO | None:
+        """The blob as a local file when this repository is on disk (no copy needed), else None."""
+        return None
+
 
 class RegistryRepository(ImageRepository):
     def __init__(self, client: RegistryClient, reference: Reference) -> None:
@@ -172,6 +176,9 @@ class LayoutRepository(ImageRepository):
 
     def read_blob(self, digest: str) -> bytes:
         return self.layout.read_blob(digest)
+
+    def open_local(self, digest: str) -> BinaryIO | None:
+        return self.layout.open_blob(digest) if self.layout.has_blob(digest) else None
 
     def fetch_blob(self, descriptor: Descriptor, sink: BlobWriter, progress: Progress | None) -> None:
         digester = digests.Digester.for_digest(descriptor.digest)
