@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from accel.converter import Converter
-from accel.converter import annotations as keys
 from accel.errors import ConversionError, DigestMismatchError, NotFoundError, UnauthorizedError
+from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
 from accel.oci.layout import OCILayout
 from accel.oci.manifest import Index, Manifest, parse_manifest
@@ -103,7 +103,7 @@ def test_cross_repository_layers_are_mounted_not_uploaded(
     assert fault_proxy.count("PATCH", "/blobs/uploads/") == 0
     assert fault_proxy.count("PUT", "/blobs/uploads/") == 0
     assert fault_proxy.count("GET", r"/blobs/sha256:") == 1, "only the config is read"
-    skopeo_copy_out(registry_plain, "127.0.0.1:%d/mount/dst:v1" % registry_plain.port, tmp_path / "out")
+    skopeo_copy_out(registry_plain, f"{registry_plain.host}/mount/dst:v1", tmp_path / "out")
 
 
 def test_multiplatform_index_keeps_its_structure_and_honours_platforms(

@@ -18,17 +18,18 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from accel.config import Config
 from accel.content import BlobWriter, ContentStore, Lease
-from accel.converter import annotations as keys
 from accel.converter.progress import ConversionResult, Counters, Progress, SourceInspection
 from accel.converter.repositories import ImageRepository, open_repository
 from accel.converter.rules import target_reference
 from accel.drivers import Driver, create_driver
 from accel.drivers.base import ConvertedImage, SourceImage
 from accel.errors import CanceledError, ConversionError, NotFoundError
+from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
 from accel.oci.manifest import Descriptor, ImageConfig, Index, Manifest, parse_manifest
 from accel.oci.platform import Platform, PlatformMatcher
@@ -62,6 +63,7 @@ class Converter:
         # Layers of one image convert in parallel; formats use threads inside too, so more than the cores
         # only adds memory.
         self.layer_workers = max(1, min(config.converter.worker, os.cpu_count() or 1))
+        self.scratch_dir = Path(config.provider.work_dir) / "tmp"
 
     def close(self) -> None:
         self.client.close()
@@ -241,6 +243,12 @@ class _Conversion:
     def note(self, message: str) -> None:
         with self._notes_lock:
             self.notes.append(message)
+
+    @property
+    def scratch_dir(self) -> str:
+        path = self.converter.scratch_dir
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
 
     # ------------------------------------------------------------------ pulling
 

@@ -14,13 +14,27 @@ from accel.drivers.base import (
     LayerDriver,
     SourceImage,
 )
+from accel.drivers.estargz import EStargzDriver
+from accel.drivers.nydus import NydusDriver
 from accel.drivers.oci import OCIDriver
+from accel.drivers.zstdchunked import ZstdChunkedDriver
 from accel.errors import ConfigError
 
 DriverFactory = Callable[[Mapping[str, str]], Driver]
 
+
+def _estargz(options: Mapping[str, str]) -> Driver:
+    # Upstream selects zstd:chunked through the estargz driver; what it produced is the stargz flavour.
+    if (options.get("compression") or "estargz") == "zstdchunked":
+        return ZstdChunkedDriver(options, default_flavour="stargz")
+    return EStargzDriver(options)
+
+
 _DRIVERS: dict[str, DriverFactory] = {
     OCIDriver.name: lambda options: OCIDriver(dict(options)),
+    EStargzDriver.name: _estargz,
+    ZstdChunkedDriver.name: ZstdChunkedDriver,
+    NydusDriver.name: NydusDriver,
 }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar, Protocol, TypeVar
 
 from accel.content import BlobWriter
-from accel.errors import ConfigError, FormatError
+from accel.errors import ConfigError, ConversionError, FormatError
 from accel.oci import mediatypes as mt
 from accel.oci.manifest import Descriptor, ImageConfig, Index, Manifest
 from accel.oci.platform import Platform
@@ -61,6 +61,11 @@ class DriverContext(Protocol):
         """Record something the user should see in the result (a skipped layer and why)."""
         ...
 
+    @property
+    def scratch_dir(self) -> str:
+        """A directory under ``provider.work_dir`` for a format's temporary files (spooled input)."""
+        ...
+
 
 @dataclass
 class SourceImage:
@@ -71,6 +76,12 @@ class SourceImage:
     digest: str
     config: ImageConfig
     platform: Platform | None = None
+
+    def descriptor(self) -> Descriptor:
+        """The source manifest's descriptor (for a ``subject``)."""
+        return Descriptor(
+            self.manifest.media_type or mt.OCI_MANIFEST, self.digest, len(self.manifest.to_bytes())
+        )
 
 
 @dataclass
@@ -103,6 +114,8 @@ class ConvertedImage:
 class ConvertedLayer:
     descriptor: Descriptor
     diff_id: str
+    extra: Any = None
+    """Driver-specific results needed after all layers are converted (Nydus: the layer's bootstrap)."""
 
 
 class Driver(ABC):
@@ -138,8 +151,8 @@ class LayerDriver(Driver):
     """A driver that converts each layer on its own and then rebuilds config and manifest."""
 
     @abstractmethod
-    def convert_layer(self, layer: Descriptor, ctx: DriverContext) -> ConvertedLayer:
-        """Convert one source layer into a new blob in the content store."""
+    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:
+        """Convert one source layer (``diff_id``: its uncompressed digest) into a new blob in the store."""
 
     def extra_layers(
         self, image: SourceImage, layers: list[ConvertedLayer], ctx: DriverContext
@@ -148,15 +161,22 @@ class LayerDriver(Driver):
         return []
 
     def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
-        def one(layer: Descriptor) -> ConvertedLayer:
+        diff_ids, layers = image.config.diff_ids, image.manifest.layers
+        if len(diff_ids) != len(layers):
+            raise ConversionError(
+                f"{image.reference}: config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
+            )
+
+        def one(pair: tuple[Descriptor, str]) -> ConvertedLayer:
+            layer, diff_id = pair
             ctx.check_canceled()
             try:
-                return self.convert_layer(layer, ctx)
+                return self.convert_layer(layer, diff_id, ctx)
             except FormatError as exc:
                 raise exc.in_layer(layer.digest) from exc
 
-        layers = ctx.map(one, image.manifest.layers)
-        return rebuild_image(image, layers, self.extra_layers(image, layers, ctx), ctx)
+        converted = ctx.map(one, list(zip(layers, diff_ids, strict=True)))
+        return rebuild_image(image, converted, self.extra_layers(image, converted, ctx), ctx)
 
 
 def rebuild_image(
@@ -215,6 +235,12 @@ def choice_option(options: Mapping[str, str], key: str, choices: Sequence[str], 
             f"converter.driver.config.{key}: expected one of {', '.join(choices)}, got {value!r}"
         )
     return value
+
+
+def list_option(options: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """A list option: one item per line or comma (a YAML list is joined with newlines on load)."""
+    value = options.get(key) or ""
+    return tuple(item.strip() for item in value.replace(",", "\n").splitlines() if item.strip())
 
 
 def check_known_options(options: Mapping[str, str], known: Sequence[str], driver: str) -> None:

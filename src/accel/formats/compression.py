@@ -1,0 +1,130 @@
+"""Layer compression: detect it by magic bytes, decompress as a stream, gzip small payloads.
+
+Every format reads layers that may be tar, tar+gzip or tar+zstd; this is the one place that knows how.
+Decompression errors surface as FormatError so the caller can name the layer.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import BinaryIO, Final, Literal, cast
+
+import zlib_ng.zlib_ng as _zng
+import zstandard
+
+from accel.errors import FormatError
+
+Compression = Literal["none", "gzip", "zstd"]
+GZIP_MAGIC: Final = b"\x1f\x8b\x08"
+ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+_READ: Final = 1 << 20
+_ZNG_ERROR = cast("type[BaseException]", _zng.error)
+
+
+def sniff(head: bytes) -> Compression:
+    """The compression of a stream starting with ``head`` (at least 4 bytes, when it has them)."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+class Prefixed(io.RawIOBase):
+    """``src`` with ``head`` (already read, for sniffing) put back in front."""
+
+    def __init__(self, head: bytes, src: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._src = src
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buf).cast("B")
+        if self._head:
+            n = min(len(view), len(self._head))
+            view[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._src.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class GunzipStream(io.RawIOBase):
+    """Multi-member gunzip (zlib-ng) that hands out every byte it could decompress before reporting
+    truncation or corruption, so a tar parser reading it can name the entry where the damage is."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._obj = _zng.decompressobj(31)
+        self._pending = b""
+        self._input_done = False
+        self._in_member = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buf).cast("B")
+        while True:
+            if not self._pending and not self._input_done:
+                self._pending = self._raw.read(_READ)
+                self._input_done = not self._pending
+            if not self._in_member and self._pending and not self._pending.strip(b"\0"):
+                self._pending = b""  # zero padding after the last member, as gzip(1) tolerates
+                continue
+            if not self._pending and not self._in_member:
+                return 0
+            try:
+                out = self._obj.decompress(self._pending, len(view))
+            except _ZNG_ERROR as exc:
+                raise FormatError(f"gzip stream is corrupt: {exc}") from None
+            self._in_member = True
+            if self._obj.eof:
+                self._pending = self._obj.unused_data
+                self._obj = _zng.decompressobj(31)
+                self._in_member = False
+            else:
+                self._pending = self._obj.unconsumed_tail
+                if not out and not self._pending and self._input_done:
+                    raise FormatError("gzip stream is truncated")
+            if out:
+                view[: len(out)] = out
+                return len(out)
+
+
+class _ZstdStream(io.RawIOBase):
+    """zstd frames decompressed in sequence, with library errors turned into FormatError."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            return int(self._reader.readinto(buf))
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"zstd stream is corrupt: {exc}") from None
+
+
+def decompressed(raw: BinaryIO, compression: Compression | None = None) -> BinaryIO:
+    """The uncompressed stream of ``raw`` (compression detected when not given), buffered for reads."""
+    if compression is None:
+        head = raw.read(4)
+        compression = sniff(head)
+        raw = cast(BinaryIO, io.BufferedReader(Prefixed(head, raw), _READ))
+    if compression == "gzip":
+        return cast(BinaryIO, io.BufferedReader(GunzipStream(raw), _READ))
+    if compression == "zstd":
+        return cast(BinaryIO, io.BufferedReader(_ZstdStream(raw), _READ))
+    return raw
+
+
+def gzip_compress(data: bytes, level: int = 6) -> bytes:
+    """One gzip member of ``data`` (for small generated layers)."""
+    compressor = _zng.compressobj(level, _zng.DEFLATED, 31)
+    return bytes(compressor.compress(data) + compressor.flush())
