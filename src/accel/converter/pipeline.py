@@ -277,22 +277,22 @@ class _Conversion:
             document = parse_manifest(data, media_type)
             convert_started = time.monotonic()
             self.counters.stage("convert", None)
-            top: Manifest | Index
+            top: Manifest | Index | None
             if isinstance(document, Index):
                 top, pushables = self._convert_index(document, source_name, source_digest)
             else:
                 pushable = self._convert_manifest(document, source_name, source_digest, None)
-                self._annotate(pushable.image.manifest, source_name, source_digest, pushable.image)
-                top, pushables = pushable.image.manifest, [pushable]
+                pushables = [pushable]
+                top = self._single_top(pushable, source_name, source_digest)
             self.counters.add_time("convert", time.monotonic() - convert_started)
             push_started = time.monotonic()
-            target_digest = self._push(top, pushables, target_tag)
+            target_digest = self._push(top, pushables, target_tag) or source_digest
             self.counters.add_time("push", time.monotonic() - push_started)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         return ConversionResult(
             source=source_name,
-            target=target_name,
+            target=source_name if top is None else target_name,
             source_digest=source_digest,
             target_digest=target_digest,
             source_size=sum(p.source_size for p in pushables),
@@ -318,13 +318,35 @@ class _Conversion:
             config=config,
             platform=platform or (config.platform() if config.os else None),
         )
-        converted = self.driver.convert(image, self)
-        converted.manifest.annotations.update(self.driver.manifest_annotations(image))
-        return _Pushable(converted, _image_size(manifest), image.platform)
+        image.annotations = {
+            **self._marks(source_name, digest),
+            **self.driver.manifest_annotations(source_name, digest),
+        }
+        return _Pushable(self.driver.convert(image, self), _image_size(manifest), image.platform)
+
+    def _single_top(
+        self, pushable: _Pushable, source_name: str, source_digest: str
+    ) -> Manifest | Index | None:
+        """What the tag points at for a single-manifest source: the manifest, or an index when the driver
+        lists artifacts beside it (SOCI v2); None when the image stays unchanged (SOCI v1)."""
+        image = pushable.image
+        if image.unchanged:
+            return None
+        listed = [a.index_entry for a in image.artifacts if a.index_entry is not None]
+        if not listed:
+            return image.manifest
+        entry = image.manifest.descriptor(
+            platform=pushable.platform, annotations=dict(image.manifest.annotations)
+        )
+        return Index(
+            manifests=[entry, *listed],
+            media_type=mt.OCI_INDEX,
+            annotations=self._index_marks(source_name, source_digest),
+        )
 
     def _convert_index(
         self, index: Index, source_name: str, source_digest: str
-    ) -> tuple[Index, list[_Pushable]]:
+    ) -> tuple[Index | None, list[_Pushable]]:
         matcher = self.converter.platforms
         selected = [
             d for d in index.manifests if d.media_type in mt.MANIFESTS and matcher.matches(d.platform)
@@ -340,7 +362,6 @@ class _Conversion:
             data, media_type, digest = self.source.get_manifest(entry.digest)
             manifest = Manifest.from_json(data, media_type)
             pushable = self._convert_manifest(manifest, source_name, digest, entry.platform)
-            self._annotate(pushable.image.manifest, source_name, digest, pushable.image)
             pushables.append(pushable)
             converted = pushable.image.manifest
             entries.append(
@@ -350,10 +371,12 @@ class _Conversion:
                     artifact_type=converted.artifact_type,
                 )
             )
-            entries.extend(pushable.image.index_entries)
+            entries.extend(a.index_entry for a in pushable.image.artifacts if a.index_entry is not None)
+        if all(p.image.unchanged for p in pushables):
+            return None, pushables
         rebuilt = Index(manifests=entries, media_type=mt.OCI_INDEX, annotations=dict(index.annotations))
         rebuilt = self.driver.finish_index(rebuilt, index, self)
-        rebuilt.annotations.update(self._marks(source_name, source_digest))
+        rebuilt.annotations.update(self._index_marks(source_name, source_digest))
         return rebuilt, pushables
 
     def _marks(self, source_name: str, source_digest: str) -> dict[str, str]:
@@ -364,55 +387,57 @@ class _Conversion:
             keys.SOURCE_REFERENCE: source_name,
         }
 
-    def _annotate(self, manifest: Manifest, source_name: str, digest: str, image: ConvertedImage) -> None:
-        manifest.annotations.update(self._marks(source_name, digest))
+    def _index_marks(self, source_name: str, source_digest: str) -> dict[str, str]:
+        # The driver's annotations go on the index too (upstream does so for Nydus since its #369).
+        return {
+            **self.driver.manifest_annotations(source_name, source_digest),
+            **self._marks(source_name, source_digest),
+        }
 
     # ------------------------------------------------------------------ pushing
 
-    def _push(self, top: Manifest | Index, pushables: list[_Pushable], tag: str) -> str:
+    def _push(self, top: Manifest | Index | None, pushables: list[_Pushable], tag: str) -> str | None:
+        """Push everything in safe order; returns the digest the tag now points at (None: no tag moved)."""
         blobs: dict[str, Descriptor] = {}
-        for p in pushables:
-            for layer in p.image.manifest.layers:
-                blobs.setdefault(layer.digest, layer)
-        configs = {p.image.manifest.config.digest: p.image.manifest.config for p in pushables}
-        for p in pushables:
-            for artifact in p.image.referrers:
-                for blob in [*artifact.manifest.layers, artifact.manifest.config]:
-                    blobs.setdefault(blob.digest, blob)
-        self.counters.stage(
-            "push", sum(b.size for b in blobs.values()) + sum(c.size for c in configs.values())
-        )
-        self.map(self._push_blob, list(blobs.values()))
-        self.map(self._push_blob, [c for c in configs.values() if c.digest not in blobs])
+        documents = [p.image.manifest for p in pushables if not p.image.unchanged]
+        artifacts = [a for p in pushables for a in p.image.artifacts]
+        for document in [*documents, *(a.manifest for a in artifacts)]:
+            for blob in [*document.layers, document.config]:
+                blobs.setdefault(blob.digest, blob)
+        self.counters.stage("push", sum(b.size for b in blobs.values()))
+        configs = {d.config.digest for d in [*documents, *(a.manifest for a in artifacts)]}
+        # Layers first, then configs: a config is what makes a manifest's content look complete.
+        self.map(self._push_blob, [b for d, b in blobs.items() if d not in configs])
+        self.map(self._push_blob, [b for d, b in blobs.items() if d in configs])
         self.check_canceled()
-        for p in pushables:
-            for extra in p.image.index_entries:
-                self._push_document(self.store.read_bytes(extra.digest), extra.media_type, extra.digest)
-            if isinstance(top, Index):
-                manifest = p.image.manifest
-                self._push_document(manifest.to_bytes(), manifest.media_type or mt.OCI_MANIFEST, None)
-        for p in pushables:
-            for artifact in p.image.referrers:
-                self._push_referrer(artifact.manifest, artifact.tag)
+        if isinstance(top, Index):
+            for manifest in documents:
+                self._push_document(manifest.to_bytes(), manifest.media_type or mt.OCI_MANIFEST)
+        for artifact in artifacts:
+            self._push_artifact(artifact.manifest)
         self.check_canceled()
+        if top is None:
+            return None
         data = top.to_bytes()
         self.target.put_manifest(data, top.media_type or mt.OCI_MANIFEST, tag)
         return Descriptor.of(data, top.media_type or mt.OCI_MANIFEST).digest
 
-    def _push_document(self, data: bytes, media_type: str, digest: str | None) -> None:
-        descriptor = Descriptor.of(data, media_type)
-        if digest is not None and descriptor.digest != digest:
-            raise ConversionError(f"manifest {digest} changed while pushing")
-        self.target.put_manifest(data, media_type, descriptor.digest)
+    def _push_document(self, data: bytes, media_type: str) -> str:
+        digest = Descriptor.of(data, media_type).digest
+        self.target.put_manifest(data, media_type, digest)
+        return digest
 
-    def _push_referrer(self, manifest: Manifest, tag: str | None) -> None:
-        data = manifest.to_bytes()
+    def _push_artifact(self, manifest: Manifest) -> None:
         media_type = manifest.media_type or mt.OCI_MANIFEST
-        descriptor = Descriptor.of(data, media_type, artifact_type=manifest.artifact_type or None)
-        self.target.put_manifest(data, media_type, tag or descriptor.digest)
+        data = manifest.to_bytes()
+        self._push_document(data, media_type)
         if manifest.subject is not None:
-            if manifest.annotations:
-                descriptor = descriptor.replace(annotations=dict(manifest.annotations))
+            descriptor = Descriptor.of(
+                data,
+                media_type,
+                artifact_type=manifest.artifact_type or manifest.config.media_type,
+                annotations=dict(manifest.annotations),
+            )
             self.target.referrers_fallback(manifest.subject.digest, descriptor)
 
     def _push_blob(self, blob: Descriptor) -> None:

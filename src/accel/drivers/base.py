@@ -69,31 +69,36 @@ class DriverContext(Protocol):
 
 @dataclass
 class SourceImage:
-    """One platform's image as the driver receives it."""
+    """One platform's image as the driver receives it.
+
+    ``annotations`` must be carried by the converted manifest (the converter's marks: driver, source
+    digest and reference); drivers add them before computing any digest of the manifest.
+    """
 
     reference: str
     manifest: Manifest
     digest: str
     config: ImageConfig
     platform: Platform | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
 
     def descriptor(self) -> Descriptor:
         """The source manifest's descriptor (for a ``subject``)."""
-        return Descriptor(
-            self.manifest.media_type or mt.OCI_MANIFEST, self.digest, len(self.manifest.to_bytes())
-        )
+        media_type = self.manifest.media_type or mt.OCI_MANIFEST
+        return Descriptor(media_type, self.digest, len(self.manifest.to_bytes()))
 
 
 @dataclass
 class Artifact:
-    """A manifest pushed beside the converted image (a SOCI index, for instance).
+    """A manifest pushed beside the converted image, by digest, before any tag moves.
 
-    ``blobs`` are the blobs it references that are in the content store; ``tag`` is set for artifacts
-    that are found by tag (the referrers fallback tag is maintained by the converter, not the driver).
+    Its config and layers must be in the content store. With a ``subject`` it is a referrer (the converter
+    also maintains the ``sha256-<hex>`` fallback tag); with ``index_entry`` it is listed in the output
+    index (the descriptor's digest must be the manifest's).
     """
 
     manifest: Manifest
-    tag: str | None = None
+    index_entry: Descriptor | None = None
 
 
 @dataclass
@@ -101,13 +106,14 @@ class ConvertedImage:
     """The driver's output for one manifest.
 
     Every blob ``manifest`` references is either in the content store or already in the source
-    repository (unchanged layers); the converter pushes blobs, then the manifest, then ``referrers``.
+    repository (unchanged layers). ``unchanged`` says the image itself stays as it is (only artifacts are
+    added, as SOCI v1 does): nothing is tagged then. When any artifact has an ``index_entry`` the output is
+    an index even for a single-manifest source.
     """
 
     manifest: Manifest
-    referrers: list[Artifact] = field(default_factory=list)
-    index_entries: list[Descriptor] = field(default_factory=list)
-    """Extra manifests (already in the content store) to list beside this one in the output index."""
+    artifacts: list[Artifact] = field(default_factory=list)
+    unchanged: bool = False
 
 
 @dataclass
@@ -142,8 +148,9 @@ class Driver(ABC):
         """Adjust the rebuilt index of a multi-platform conversion (default: unchanged)."""
         return index
 
-    def manifest_annotations(self, image: SourceImage) -> dict[str, str]:
-        """Annotations the driver adds to every converted manifest (and the index)."""
+    def manifest_annotations(self, reference: str, digest: str) -> dict[str, str]:
+        """Annotations the driver adds to every converted manifest and to the index, given the source
+        reference and the digest of the source manifest (or index) being converted."""
         return {}
 
 
@@ -196,7 +203,7 @@ def rebuild_image(
         config=Descriptor(media_type=mt.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
         layers=[layer.descriptor for layer in layers] + [layer.descriptor for layer, _ in extra],
         media_type=mt.OCI_MANIFEST,
-        annotations=dict(image.manifest.annotations),
+        annotations={**image.manifest.annotations, **image.annotations},
     )
     return ConvertedImage(manifest=manifest)
 

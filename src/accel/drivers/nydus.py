@@ -150,10 +150,10 @@ class NydusDriver(LayerDriver):
             converted.manifest.subject = image.descriptor()
         return converted
 
-    def manifest_annotations(self, image: SourceImage) -> dict[str, str]:
+    def manifest_annotations(self, reference: str, digest: str) -> dict[str, str]:
         return {
-            keys.NYDUS_SOURCE_DIGEST: image.digest,
-            SOURCE_REFERENCE: image.reference,
+            keys.NYDUS_SOURCE_DIGEST: digest,
+            SOURCE_REFERENCE: reference,
             FS_VERSION: "6",
             BUILDER_VERSION: f"accel-{__version__}",
         }

@@ -26,6 +26,6 @@ class OCIDriver(Driver):
             config=source.config.replace(media_type=mt.to_oci(source.config.media_type)),
             layers=[layer.replace(media_type=mt.to_oci(layer.media_type)) for layer in source.layers],
             media_type=mt.OCI_MANIFEST,
-            annotations=dict(source.annotations),
+            annotations={**source.annotations, **image.annotations},
         )
         return ConvertedImage(manifest=manifest)
