@@ -23,14 +23,21 @@ from typing import BinaryIO, TypeVar
 
 from accel.config import Config
 from accel.content import BlobWriter, ContentStore, Lease
+from accel.converter.cache import LayerCache
 from accel.converter.progress import ConversionResult, Counters, Progress, SourceInspection
-from accel.converter.repositories import ImageRepository, open_repository
+from accel.converter.repositories import (
+    ImageRepository,
+    LayoutRepository,
+    RegistryRepository,
+    open_repository,
+)
 from accel.converter.rules import target_reference
 from accel.drivers import Driver, create_driver
-from accel.drivers.base import ConvertedImage, SourceImage
+from accel.drivers.base import CachedLayer, ConvertedImage, SourceImage
 from accel.errors import CanceledError, ConversionError, NotFoundError
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
+from accel.oci.layout import OCILayout
 from accel.oci.manifest import Descriptor, ImageConfig, Index, Manifest, parse_manifest
 from accel.oci.platform import Platform, PlatformMatcher
 from accel.oci.reference import LayoutReference, Reference, parse_image_ref
@@ -64,9 +71,15 @@ class Converter:
         # only adds memory.
         self.layer_workers = max(1, min(config.converter.worker, os.cpu_count() or 1))
         self.scratch_dir = Path(config.provider.work_dir) / "tmp"
+        cache_size = config.provider.cache_size
+        self.cache = (
+            LayerCache(Path(config.provider.work_dir) / "cache.db", cache_size) if cache_size else None
+        )
 
     def close(self) -> None:
         self.client.close()
+        if self.cache is not None:
+            self.cache.close()
 
     def __enter__(self) -> Converter:
         return self
@@ -84,7 +97,7 @@ class Converter:
 
     def driver_key(self) -> str:
         """Identifies the output format exactly: driver, version and the options that change output."""
-        return f"{self.driver.name}/{self.driver.version}/{self.driver.options_key()}"
+        return self.driver.key()
 
     def target_for(self, source: str) -> str:
         return str(target_reference(parse_image_ref(source), self.config.converter.tag_suffix))
@@ -202,6 +215,14 @@ class _Conversion:
         self.cancel = cancel
         self.notes: list[str] = []
         self._notes_lock = threading.Lock()
+        self.cache = converter.cache
+        self.cache_hits = 0
+        self.cache_misses = 0
+        # Where blobs that are neither in the store nor in the source can be mounted or pulled from
+        # (converted layers found through the cache).
+        self.origins: dict[str, ImageRepository] = {}
+        self.remembered: list[tuple[str, str, CachedLayer]] = []
+        self.reused: list[tuple[str, str]] = []
         self._pool = ThreadPoolExecutor(converter.layer_workers, thread_name_prefix="layer")
 
     # ------------------------------------------------------------------ DriverContext
@@ -244,6 +265,66 @@ class _Conversion:
         with self._notes_lock:
             self.notes.append(message)
 
+    def cached_layer(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+        if self.cache is None:
+            return None
+        entry = self.cache.get(layer.digest, driver_key)
+        found = entry is not None and self._locate(entry.descriptor.digest, entry.locations)
+        with self._notes_lock:
+            if entry is None or not found:
+                self.cache_misses += 1
+            else:
+                self.cache_hits += 1
+                self.reused.append((layer.digest, driver_key))
+        if entry is None:
+            return None
+        if not found:
+            log.info(
+                "layer cache: %s of %s vanished, converting again", entry.descriptor.digest, layer.digest
+            )
+            self.cache.discard(layer.digest, driver_key)
+            return None
+        log.info("layer cache hit: %s -> %s", layer.digest, entry.descriptor.digest)
+        return CachedLayer(entry.descriptor, entry.diff_id, entry.extra)
+
+    def _locate(self, digest: str, locations: list[str]) -> bool:
+        """Whether the blob can be had: in the store, in the target, or from a known place."""
+        if self.store.has(digest) or self.target.has_blob(digest):
+            return True
+        for location in locations:
+            repository = self._repository_at(location)
+            if repository is not None and repository.has_blob(digest):
+                with self._notes_lock:
+                    self.origins[digest] = repository
+                return True
+        return False
+
+    def _repository_at(self, location: str) -> ImageRepository | None:
+        # Only places on the target's own registry (mountable, and configured) or local layouts.
+        ref = parse_image_ref(location)
+        if isinstance(ref, LayoutReference):
+            return LayoutRepository(ref) if OCILayout(ref.path).exists() else None
+        if isinstance(self.target, RegistryRepository) and ref.host == self.target.host:
+            return RegistryRepository(self.converter.client, ref)
+        return None
+
+    def remember_layer(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
+        if self.cache is not None:
+            with self._notes_lock:
+                self.remembered.append((layer.digest, driver_key, converted))
+
+    def _record_cache(self) -> None:
+        """After a successful push: the converted blobs now live in the target too."""
+        if self.cache is None:
+            return
+        location = self.target.location
+        for layer_digest, key, converted in self.remembered:
+            self.cache.put(
+                layer_digest, key, converted.descriptor, converted.diff_id, converted.extra, [location]
+            )
+        for layer_digest, key in self.reused:
+            self.cache.add_location(layer_digest, key, location)
+
     @property
     def scratch_dir(self) -> str:
         path = self.converter.scratch_dir
@@ -262,8 +343,9 @@ class _Conversion:
                 return
             self.check_canceled()
             started = time.monotonic()
+            origin = self.origins.get(blob.digest, self.source)
             with self.store.writer(blob.digest, blob.size, lease=self.lease) as sink:
-                self.source.fetch_blob(blob, sink, lambda n: self.counters.advance("pull", n))
+                origin.fetch_blob(blob, sink, lambda n: self.counters.advance("pull", n))
                 sink.commit()
             self.counters.add_time("pull", time.monotonic() - started)
 
@@ -288,6 +370,7 @@ class _Conversion:
             push_started = time.monotonic()
             target_digest = self._push(top, pushables, target_tag) or source_digest
             self.counters.add_time("push", time.monotonic() - push_started)
+            self._record_cache()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         return ConversionResult(
@@ -304,6 +387,8 @@ class _Conversion:
             bytes_out=self.counters.bytes["push"],
             notes=list(self.notes),
             platforms=[str(p.platform) for p in pushables if p.platform is not None],
+            cache_hits=self.cache_hits,
+            cache_misses=self.cache_misses,
         )
 
     def _convert_manifest(
@@ -446,15 +531,14 @@ class _Conversion:
         def open_source() -> BinaryIO:
             if not self.store.has(blob.digest):
                 # A layout source is already a local file: upload from it instead of copying it first.
-                local = self.source.open_local(blob.digest)
+                local = self.origins.get(blob.digest, self.source).open_local(blob.digest)
                 if local is not None:
                     return local
             self.ensure_local(blob)
             return self.store.open(blob.digest)
 
-        outcome = self.target.push_blob(
-            blob, open_source, self.source, lambda n: self.counters.advance("push", n)
-        )
+        origin = self.origins.get(blob.digest, self.source)
+        outcome = self.target.push_blob(blob, open_source, origin, lambda n: self.counters.advance("push", n))
         log.debug("blob %s: %s", blob.digest, outcome)
 
 

@@ -57,6 +57,8 @@ class ConversionResult:
     bytes_out: int = 0
     notes: list[str] = field(default_factory=list)
     platforms: list[str] = field(default_factory=list)
+    cache_hits: int = 0
+    cache_misses: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,11 @@ Progress = Callable[[int], None]
 class ImageRepository(ABC):
     """A place that holds manifests (by tag or digest) and blobs (by digest)."""
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where this repository is, as the layer cache records it (``host/repo`` or ``oci:/abs/path``)."""
+
     @abstractmethod
     def describe(self, reference: str | None = None) -> str:
         """A human-readable name, with ``reference`` appended (``host/repo:tag``, ``oci:path:tag``)."""
@@ -74,6 +79,10 @@ class RegistryRepository(ImageRepository):
         self.client = client
         self.host = reference.host
         self.repository = reference.repository
+
+    @property
+    def location(self) -> str:
+        return f"{self.host}/{self.repository}"
 
     def describe(self, reference: str | None = None) -> str:
         name = f"{self.host}/{self.repository}"
@@ -143,6 +152,10 @@ class LayoutRepository(ImageRepository):
             self.layout.init()
         elif not self.layout.exists():
             raise NotFoundError(f"{reference.path} is not an OCI image layout (no oci-layout file)")
+
+    @property
+    def location(self) -> str:
+        return f"oci:{self.layout.path.resolve()}"
 
     def describe(self, reference: str | None = None) -> str:
         path = f"oci:{self.layout.path}"

@@ -61,6 +61,14 @@ class DriverContext(Protocol):
         """Record something the user should see in the result (a skipped layer and why)."""
         ...
 
+    def cached_layer(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+        """A usable earlier conversion of ``layer`` by a driver with ``driver_key``, or None."""
+        ...
+
+    def remember_layer(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
+        """Offer a conversion to the layer cache (recorded once the result is pushed)."""
+        ...
+
     @property
     def scratch_dir(self) -> str:
         """A directory under ``provider.work_dir`` for a format's temporary files (spooled input)."""
@@ -116,6 +124,15 @@ class ConvertedImage:
     unchanged: bool = False
 
 
+@dataclass(frozen=True)
+class CachedLayer:
+    """A converted layer as the layer cache keeps it: ``extra`` is the driver's encoding of its extra."""
+
+    descriptor: Descriptor
+    diff_id: str
+    extra: bytes = b""
+
+
 @dataclass
 class ConvertedLayer:
     descriptor: Descriptor
@@ -140,6 +157,11 @@ class Driver(ABC):
     def output_options(self) -> Mapping[str, Any]:
         return {}
 
+    def key(self) -> str:
+        """Identifies the output exactly: name, version and the options that change output (task dedup,
+        the layer cache)."""
+        return f"{self.name}/{self.version}/{self.options_key()}"
+
     @abstractmethod
     def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
         """Convert one image manifest."""
@@ -161,6 +183,13 @@ class LayerDriver(Driver):
     def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:
         """Convert one source layer (``diff_id``: its uncompressed digest) into a new blob in the store."""
 
+    def encode_extra(self, extra: Any) -> bytes:
+        """Serialise ``ConvertedLayer.extra`` for the layer cache (drivers that use ``extra`` override)."""
+        return b""
+
+    def decode_extra(self, data: bytes) -> Any:
+        return None
+
     def extra_layers(
         self, image: SourceImage, layers: list[ConvertedLayer], ctx: DriverContext
     ) -> list[tuple[ConvertedLayer, dict[str, Any]]]:
@@ -174,13 +203,21 @@ class LayerDriver(Driver):
                 f"{image.reference}: config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
             )
 
+        key = self.key()
+
         def one(pair: tuple[Descriptor, str]) -> ConvertedLayer:
             layer, diff_id = pair
             ctx.check_canceled()
+            cached = ctx.cached_layer(layer, key)
+            if cached is not None:
+                return ConvertedLayer(cached.descriptor, cached.diff_id, self.decode_extra(cached.extra))
             try:
-                return self.convert_layer(layer, diff_id, ctx)
+                converted = self.convert_layer(layer, diff_id, ctx)
             except FormatError as exc:
                 raise exc.in_layer(layer.digest) from exc
+            extra = self.encode_extra(converted.extra)
+            ctx.remember_layer(layer, key, CachedLayer(converted.descriptor, converted.diff_id, extra))
+            return converted
 
         converted = ctx.map(one, list(zip(layers, diff_ids, strict=True)))
         return rebuild_image(image, converted, self.extra_layers(image, converted, ctx), ctx)

@@ -17,6 +17,7 @@ no external builder runs and the output is always OCI.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,22 @@ class NydusDriver(LayerDriver):
         # A nydus blob is stored uncompressed, so its diff_id is its own digest.
         return ConvertedLayer(
             descriptor, digest, extra=_LayerMeta(build.bootstrap, build.blob_meta, build.blob_id)
+        )
+
+    def encode_extra(self, extra: Any) -> bytes:
+        meta: _LayerMeta = extra
+        blob_id = meta.blob_id.encode()
+        header = struct.pack("<III", len(meta.bootstrap), len(meta.blob_meta), len(blob_id))
+        return header + meta.bootstrap + meta.blob_meta + blob_id
+
+    def decode_extra(self, data: bytes) -> Any:
+        boot, meta, blob_id = struct.unpack_from("<III", data)
+        start = struct.calcsize("<III")
+        view = memoryview(data)
+        return _LayerMeta(
+            bytes(view[start : start + boot]),
+            bytes(view[start + boot : start + boot + meta]),
+            bytes(view[start + boot + meta : start + boot + meta + blob_id]).decode(),
         )
 
     def extra_layers(
