@@ -417,14 +417,15 @@ class _Conversion:
         image = pushable.image
         if image.unchanged:
             return None
-        listed = [a.index_entry for a in image.artifacts if a.index_entry is not None]
-        if not listed:
+        if not any(a.index_entry is not None for a in image.artifacts):
             return image.manifest
         entry = image.manifest.descriptor(
-            platform=pushable.platform, annotations=dict(image.manifest.annotations)
+            platform=pushable.platform,
+            annotations=dict(image.manifest.annotations),
+            artifact_type=image.entry_artifact_type,
         )
         return Index(
-            manifests=[entry, *listed],
+            manifests=_entries(entry, image),
             media_type=mt.OCI_INDEX,
             annotations=self._index_marks(source_name, source_digest),
         )
@@ -449,14 +450,12 @@ class _Conversion:
             pushable = self._convert_manifest(manifest, source_name, digest, entry.platform)
             pushables.append(pushable)
             converted = pushable.image.manifest
-            entries.append(
-                converted.descriptor(
-                    platform=entry.platform or pushable.platform,
-                    annotations=dict(entry.annotations),
-                    artifact_type=converted.artifact_type,
-                )
+            own = converted.descriptor(
+                platform=entry.platform or pushable.platform,
+                annotations=dict(entry.annotations),
+                artifact_type=pushable.image.entry_artifact_type or converted.artifact_type,
             )
-            entries.extend(a.index_entry for a in pushable.image.artifacts if a.index_entry is not None)
+            entries.extend(_entries(own, pushable.image))
         if all(p.image.unchanged for p in pushables):
             return None, pushables
         rebuilt = Index(manifests=entries, media_type=mt.OCI_INDEX, annotations=dict(index.annotations))
@@ -540,6 +539,13 @@ class _Conversion:
         origin = self.origins.get(blob.digest, self.source)
         outcome = self.target.push_blob(blob, open_source, origin, lambda n: self.counters.advance("push", n))
         log.debug("blob %s: %s", blob.digest, outcome)
+
+
+def _entries(own: Descriptor, image: ConvertedImage) -> list[Descriptor]:
+    """The index entries of one converted image: artifacts listed first, its own, the other artifacts."""
+    first = [a.index_entry for a in image.artifacts if a.index_entry is not None and a.first]
+    after = [a.index_entry for a in image.artifacts if a.index_entry is not None and not a.first]
+    return [*first, own, *after]
 
 
 def _image_size(manifest: Manifest) -> int:

@@ -107,6 +107,8 @@ class Artifact:
 
     manifest: Manifest
     index_entry: Descriptor | None = None
+    first: bool = False
+    """List ``index_entry`` before the converted manifest (runtimes pick the first matching platform)."""
 
 
 @dataclass
@@ -122,6 +124,8 @@ class ConvertedImage:
     manifest: Manifest
     artifacts: list[Artifact] = field(default_factory=list)
     unchanged: bool = False
+    entry_artifact_type: str | None = None
+    """``artifactType`` of the converted manifest's entry in the output index (Nydus in merged indexes)."""
 
 
 @dataclass(frozen=True)

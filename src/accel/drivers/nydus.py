@@ -10,7 +10,7 @@ Options (upstream's names; every value a string): ``fs_version`` (6), ``compress
 none), ``fs_chunk_size`` (hex power of two, default 0x100000), ``digester`` (blake3, sha256),
 ``prefetch_patterns`` (newline-separated absolute paths), ``with_referrer`` (a ``subject`` to the source
 manifest: Harbor shows the result as an accessory), ``merge_manifest`` (an index of the original and the
-Nydus manifests). Upstream's ``work_dir``, ``builder`` and ``docker2oci`` are accepted and have no effect:
+Nydus manifests, the Nydus entries marked by their ``artifactType``). Upstream's ``work_dir``, ``builder`` and ``docker2oci`` are accepted and have no effect:
 no external builder runs and the output is always OCI.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 from accel import __version__
 from accel.drivers.base import (
+    Artifact,
     ConvertedImage,
     ConvertedLayer,
     DriverContext,
@@ -97,8 +98,7 @@ class NydusDriver(LayerDriver):
         except Exception as exc:
             raise ConfigError(f"converter.driver.config: {exc}") from None
         self.with_referrer = bool_option(options, "with_referrer")
-        if bool_option(options, "merge_manifest"):
-            raise ConfigError("converter.driver.config.merge_manifest: not supported yet")
+        self.merge_manifest = bool_option(options, "merge_manifest")
 
     def output_options(self) -> Mapping[str, Any]:
         o = self.build_options
@@ -165,6 +165,14 @@ class NydusDriver(LayerDriver):
         converted = super().convert(image, ctx)
         if self.with_referrer:
             converted.manifest.subject = image.descriptor()
+        if self.merge_manifest:
+            # One index serves both kinds of clients: the original manifest first (runtimes without Nydus
+            # take the first match), then the Nydus one marked by its artifactType. Unlike upstream we
+            # keep the original manifest as it is (upstream prepends an empty layer, which changes the
+            # layer chain so runtimes cannot share unpacked layers with the original image).
+            original = image.descriptor().replace(platform=image.platform)
+            converted.artifacts.append(Artifact(image.manifest, index_entry=original, first=True))
+            converted.entry_artifact_type = mt.NYDUS_ARTIFACT
         return converted
 
     def manifest_annotations(self, reference: str, digest: str) -> dict[str, str]:
