@@ -10,8 +10,9 @@ Options (upstream's names; every value a string): ``fs_version`` (6), ``compress
 none), ``fs_chunk_size`` (hex power of two, default 0x100000), ``digester`` (blake3, sha256),
 ``prefetch_patterns`` (newline-separated absolute paths), ``with_referrer`` (a ``subject`` to the source
 manifest: Harbor shows the result as an accessory), ``merge_manifest`` (an index of the original and the
-Nydus manifests, the Nydus entries marked by their ``artifactType``). Upstream's ``work_dir``, ``builder`` and ``docker2oci`` are accepted and have no effect:
-no external builder runs and the output is always OCI.
+Nydus manifests, the Nydus entries marked by their ``artifactType``). Upstream's ``work_dir``,
+``builder`` and ``docker2oci`` are accepted and have no effect: no external builder runs and the output
+is always OCI.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import re
-from typing import Final
+from typing import BinaryIO, Final, cast
 
 from accel.errors import DigestMismatchError, InvalidReferenceError
 
@@ -64,3 +65,54 @@ def verify(data: bytes, expected: str, what: str = "content") -> None:
     d.update(data)
     if d.digest != expected:
         raise DigestMismatchError(f"{what}: digest mismatch: expected {expected}, got {d.digest}")
+
+
+class VerifyingReader(io.RawIOBase):
+    """A read-only stream over ``raw`` that raises DigestMismatchError when it ends (or runs past
+    ``size``) unless what was read hashes to ``expected``. Only sequential reads to EOF are verified."""
+
+    def __init__(self, raw: BinaryIO, expected: str, size: int | None = None, what: str = "blob") -> None:
+        super().__init__()
+        self._raw = raw
+        self._digester = Digester.for_digest(expected)
+        self._expected = expected
+        self._size = size
+        self._what = what
+        self.verified = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        data = self._raw.read(len(view))
+        n = len(data)
+        view[:n] = data
+        if n:
+            self._digester.update(view[:n])
+            if self._size is not None and self._digester.size > self._size:
+                raise DigestMismatchError(f"{self._what}: longer than its expected size {self._size}")
+        elif not self.verified:
+            self._check()
+        return n
+
+    def _check(self) -> None:
+        if self._size is not None and self._digester.size != self._size:
+            raise DigestMismatchError(
+                f"{self._what}: size mismatch: expected {self._size}, got {self._digester.size}"
+            )
+        if self._digester.digest != self._expected:
+            raise DigestMismatchError(
+                f"{self._what}: digest mismatch: expected {self._expected}, got {self._digester.digest}"
+            )
+        self.verified = True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def verifying_reader(raw: BinaryIO, expected: str, size: int | None = None, what: str = "blob") -> BinaryIO:
+    """``raw`` wrapped so that reading it to the end verifies its digest (and size)."""
+    return cast(BinaryIO, io.BufferedReader(VerifyingReader(raw, expected, size, what), 1 << 20))
