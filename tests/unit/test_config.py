@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from accel.config import load_config, parse_config, parse_size
+from accel.drivers import create_driver
 from accel.errors import ConfigError
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "misc" / "config").glob("*.yaml"))
@@ -48,11 +49,12 @@ converter:
 """
 
 
-def test_every_example_config_loads() -> None:
-    assert EXAMPLES, "misc/config has example configs"
+def test_every_example_config_loads_and_makes_its_driver() -> None:
+    assert len(EXAMPLES) >= 4, "misc/config has example configs"
     for path in EXAMPLES:
         config = load_config(path)
-        assert config.converter.driver.type
+        driver = create_driver(config.converter.driver)
+        assert driver.name in path.name or path.name == "config.yaml"
 
 
 def test_upstream_config_loads_unchanged(tmp_path: Path) -> None:

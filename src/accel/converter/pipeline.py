@@ -144,6 +144,7 @@ class Converter:
             marks.get(keys.SOURCE_DIGEST) == source_digest
             and marks.get(keys.DRIVER_NAME) == self.driver.name
             and marks.get(keys.DRIVER_VERSION) == self.driver.version
+            and marks.get(keys.DRIVER_OPTIONS, "") == self.driver.options_key()
         ):
             return digest
         return None
@@ -464,12 +465,15 @@ class _Conversion:
         return rebuilt, pushables
 
     def _marks(self, source_name: str, source_digest: str) -> dict[str, str]:
-        return {
+        marks = {
             keys.DRIVER_NAME: self.driver.name,
             keys.DRIVER_VERSION: self.driver.version,
             keys.SOURCE_DIGEST: source_digest,
             keys.SOURCE_REFERENCE: source_name,
         }
+        if options := self.driver.options_key():
+            marks[keys.DRIVER_OPTIONS] = options
+        return marks
 
     def _index_marks(self, source_name: str, source_digest: str) -> dict[str, str]:
         # The driver's annotations go on the index too (upstream does so for Nydus since its #369).

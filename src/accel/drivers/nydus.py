@@ -108,6 +108,8 @@ class NydusDriver(LayerDriver):
             "chunk_size": o.chunk_size,
             "digester": o.digester,
             "prefetch": "|".join(o.prefetch_patterns),
+            "with_referrer": self.with_referrer,
+            "merge_manifest": self.merge_manifest,
         }
 
     def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:

@@ -13,6 +13,7 @@ from accel.oci.manifest import Index, Manifest
 
 DRIVER_NAME: Final = "io.goharbor.artifact.v1alpha1.acceleration.driver.name"
 DRIVER_VERSION: Final = "io.goharbor.artifact.v1alpha1.acceleration.driver.version"
+DRIVER_OPTIONS: Final = "io.goharbor.artifact.v1alpha1.acceleration.driver.options"
 SOURCE_DIGEST: Final = "io.goharbor.artifact.v1alpha1.acceleration.source.digest"
 SOURCE_REFERENCE: Final = "io.goharbor.artifact.v1alpha1.acceleration.source.reference"
 

@@ -1,0 +1,77 @@
+"""Driver options: upstream's string values, clear errors naming the key, and output keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from accel.config import DriverConfig
+from accel.drivers import available_drivers, create_driver
+from accel.drivers.zstdchunked import ZstdChunkedDriver
+from accel.errors import ConfigError
+
+
+def driver_key(kind: str, **options: str) -> str:
+    return create_driver(DriverConfig(type=kind, config=options)).key()
+
+
+def test_every_driver_is_registered() -> None:
+    assert {"oci", "estargz", "zstdchunked", "nydus"} <= set(available_drivers())
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "message"),
+    [
+        ("estargz", {"chunk_sise": "1"}, "unknown option(s) for driver 'estargz': chunk_sise"),
+        (
+            "estargz",
+            {"compressor": "gzip"},
+            "converter.driver.config.compressor: expected one of zlib-ng, isal",
+        ),
+        ("estargz", {"chunk_size": "big"}, "converter.driver.config.chunk_size: expected an integer"),
+        ("zstdchunked", {"flavour": "podman"}, "converter.driver.config.flavour"),
+        ("zstdchunked", {"prioritized_files": "/bin/sh"}, "only the stargz flavour"),
+        ("nydus", {"fs_version": "5"}, "converter.driver.config.fs_version"),
+        ("nydus", {"compressor": "gzip"}, "converter.driver.config.compressor"),
+        ("nydus", {"fs_chunk_size": "0x3000"}, "power of two"),
+        (
+            "nydus",
+            {"with_referrer": "maybe"},
+            "converter.driver.config.with_referrer: expected true or false",
+        ),
+        ("oci", {"anything": "1"}, "unknown option(s) for driver 'oci'"),
+        ("overlaybd", {}, "converter.driver.type: unsupported driver 'overlaybd'"),
+    ],
+)
+def test_bad_options_name_the_key(kind: str, options: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        create_driver(DriverConfig(type=kind, config=options))
+    assert message in str(err.value)
+
+
+def test_upstream_estargz_zstdchunked_is_the_stargz_flavour() -> None:
+    driver = create_driver(
+        DriverConfig(type="estargz", config={"compression": "zstdchunked", "docker2oci": "true"})
+    )
+    assert isinstance(driver, ZstdChunkedDriver)
+    assert driver.build_options.flavour == "stargz"
+
+
+def test_keys_change_with_output_options_only() -> None:
+    assert driver_key("estargz") == driver_key("estargz", threads="1"), "threads do not change the output"
+    assert driver_key("estargz") != driver_key("estargz", chunk_size="65536")
+    assert driver_key("estargz") != driver_key("estargz", compressor="isal")
+    assert driver_key("nydus") == driver_key("nydus", fs_chunk_size="0x100000", docker2oci="true")
+    assert driver_key("nydus") != driver_key("nydus", with_referrer="true"), "the image gains a subject"
+    assert driver_key("nydus") != driver_key("nydus", compressor="lz4_block")
+    assert driver_key("zstdchunked") != driver_key("zstdchunked", flavour="stargz")
+
+
+def test_hex_and_list_options() -> None:
+    driver = create_driver(
+        DriverConfig(
+            type="nydus", config={"fs_chunk_size": "0x200000", "prefetch_patterns": "/usr/bin\n/etc"}
+        )
+    )
+    options = driver.build_options  # type: ignore[attr-defined]
+    assert options.chunk_size == 0x200000
+    assert options.prefetch_patterns == ("/usr/bin", "/etc")
