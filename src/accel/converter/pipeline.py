@@ -368,6 +368,9 @@ class _Conversion:
                 pushables = [pushable]
                 top = self._single_top(pushable, source_name, source_digest)
             self.counters.add_time("convert", time.monotonic() - convert_started)
+            if top is None:
+                # Only referrers are added (SOCI v1): they must live beside their subject.
+                self.target = self.source
             push_started = time.monotonic()
             target_digest = self._push(top, pushables, target_tag) or source_digest
             self.counters.add_time("push", time.monotonic() - push_started)

@@ -17,6 +17,7 @@ from accel.drivers.base import (
 from accel.drivers.estargz import EStargzDriver
 from accel.drivers.nydus import NydusDriver
 from accel.drivers.oci import OCIDriver
+from accel.drivers.soci import SociDriver
 from accel.drivers.zstdchunked import ZstdChunkedDriver
 from accel.errors import ConfigError
 
@@ -35,6 +36,7 @@ _DRIVERS: dict[str, DriverFactory] = {
     EStargzDriver.name: _estargz,
     ZstdChunkedDriver.name: ZstdChunkedDriver,
     NydusDriver.name: NydusDriver,
+    SociDriver.name: SociDriver,
 }
 
 

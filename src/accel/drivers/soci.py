@@ -1,0 +1,135 @@
+"""The ``soci`` driver: SOCI indexes (zTOCs) for soci-snapshotter; the image's layers stay untouched.
+
+``index_version: v2`` (default, what soci-snapshotter reads by default since v0.10): the "SOCI-enabled
+image" — every selected platform manifest rewritten to OCI media types and annotated with
+``com.amazon.soci.index-digest``, listed in an OCI index beside its SOCI index (artifact type, platform,
+``com.amazon.soci.image-manifest-digest``), pushed under the rule's tag suffix. New digests, new tag.
+
+``index_version: v1``: one SOCI index per platform manifest with a ``subject`` pointing at it, pushed as a
+referrer (and listed in the ``sha256-<hex>`` fallback tag where the registry has no referrers API). The
+image itself is not changed and no tag moves; the index goes to the source repository.
+
+Options: ``index_version`` (v2, v1), ``span_size`` (4 MiB), ``min_layer_size`` (10 MiB; smaller layers
+are pulled eagerly), ``build_tool_identifier``. Every layer that gets no zTOC is reported with its reason;
+an image where no layer can be indexed fails (soci refuses empty indexes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from accel import __version__
+from accel.drivers.base import (
+    Artifact,
+    ConvertedImage,
+    Driver,
+    DriverContext,
+    SourceImage,
+    check_known_options,
+    choice_option,
+    int_option,
+)
+from accel.errors import ConversionError, FormatError
+from accel.formats import soci
+from accel.oci import annotations as keys
+from accel.oci import mediatypes as mt
+from accel.oci.manifest import Descriptor, Manifest
+
+_OPTIONS = ("index_version", "span_size", "min_layer_size", "build_tool_identifier")
+
+
+class SociDriver(Driver):
+    name = "soci"
+    version = "1"
+
+    def __init__(self, options: Mapping[str, str]) -> None:
+        super().__init__(options)
+        check_known_options(options, _OPTIONS, self.name)
+        self.index_version = 2 if choice_option(options, "index_version", ("v2", "v1"), "v2") == "v2" else 1
+        self.span_size = int_option(options, "span_size", soci.DEFAULT_SPAN_SIZE, minimum=1 << 16)
+        self.min_layer_size = int_option(options, "min_layer_size", soci.DEFAULT_MIN_LAYER_SIZE)
+        self.build_tool = options.get("build_tool_identifier") or f"acceleration-service {__version__}"
+
+    def output_options(self) -> Mapping[str, Any]:
+        return {
+            "index_version": f"v{self.index_version}",
+            "span_size": self.span_size,
+            "min_layer_size": self.min_layer_size,
+            "build_tool_identifier": self.build_tool,
+        }
+
+    def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
+        ztocs = [z for z in ctx.map(lambda layer: self._ztoc(layer, ctx), image.manifest.layers) if z]
+        if not ztocs:
+            raise ConversionError(
+                f"{image.reference}: no layer can be indexed (SOCI refuses an empty index); see the notes"
+            )
+        ctx.put_blob(soci.EMPTY_CONFIG)
+        if self.index_version == 1:
+            subject = image.descriptor()
+            body = soci.soci_index_manifest(
+                [z.to_dict() for z in ztocs],
+                version=1,
+                subject=subject.to_dict(),
+                build_tool_identifier=self.build_tool,
+            )
+            index = Manifest.from_json(body)
+            return ConvertedImage(manifest=image.manifest, artifacts=[Artifact(index)], unchanged=True)
+
+        body = soci.soci_index_manifest(
+            [z.to_dict() for z in ztocs], version=2, build_tool_identifier=self.build_tool
+        )
+        index = Manifest.from_json(body)
+        index_digest = Descriptor.of(body, mt.OCI_MANIFEST).digest
+        source = image.manifest
+        # soci's Convert: OCI media types for the manifest and its config, layers as they are.
+        enabled = Manifest(
+            config=source.config.replace(media_type=mt.OCI_CONFIG),
+            layers=list(source.layers),
+            media_type=mt.OCI_MANIFEST,
+            annotations={**source.annotations, **image.annotations, keys.SOCI_INDEX_DIGEST: index_digest},
+        )
+        entry = Descriptor.from_dict(
+            soci.soci_index_descriptor(
+                body,
+                version=2,
+                platform=image.platform.to_dict() if image.platform else None,
+                image_manifest_digest=enabled.descriptor().digest,
+            )
+        )
+        return ConvertedImage(manifest=enabled, artifacts=[Artifact(index, index_entry=entry)])
+
+    def _ztoc(self, layer: Descriptor, ctx: DriverContext) -> Descriptor | None:
+        ctx.check_canceled()
+        kind = soci.layer_compression(layer.media_type)
+        if kind is None:
+            ctx.note(f"layer {layer.digest}: not indexed: SOCI cannot index {layer.media_type} layers")
+            return None
+        if layer.size < self.min_layer_size:
+            ctx.note(
+                f"layer {layer.digest}: not indexed: {layer.size} bytes is below min_layer_size "
+                f"{self.min_layer_size} (pulled eagerly)"
+            )
+            return None
+        try:
+            with ctx.open_layer(layer) as blob:
+                ztoc = soci.build_ztoc(
+                    blob, span_size=self.span_size, compression=kind, build_tool_identifier=self.build_tool
+                )
+        except FormatError as exc:
+            # Tar types soci cannot carry (sparse files, global PAX headers) leave the layer eager.
+            ctx.note(f"layer {layer.digest}: not indexed: {exc}")
+            return None
+        data = ztoc.to_bytes()
+        digest = ctx.put_blob(data)
+        ctx.advance("convert", ztoc.uncompressed_archive_size)
+        return Descriptor.from_dict(
+            soci.ztoc_descriptor(
+                digest,
+                len(data),
+                layer_digest=layer.digest,
+                layer_media_type=layer.media_type,
+                span_size=self.span_size,
+            )
+        )
