@@ -130,3 +130,59 @@ def test_nydus_layers_come_back_from_the_cache_with_their_bootstrap(
     )
     assert cached.cache_hits == 2
     assert cached.target_digest == plain.target_digest
+
+
+def test_remote_cache_image_is_shared_between_instances(
+    registry_plain: RegistryServer, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Two instances with separate work_dirs share converted layers through `<repo>:<cache_tag>`."""
+    a = build_rich_image(tmp_path / "a", payload_size=0)
+    push_layout(a.layout, f"{registry_plain.host}/remote/app:a", tls_verify=False)
+    b = build_rich_image(tmp_path / "b", payload_size=256 << 10)
+    push_layout(b.layout, f"{registry_plain.host}/remote/app:b", tls_verify=False)
+    sources = {fault_proxy.host: registry_plain.source()}
+    options = {
+        "driver": "nydus",
+        "tag_suffix": "-nydus",
+        "cache_tag": "nydus-cache",
+        "provider__cache_version": "v1",
+    }
+    first = make_config(tmp_path / "instance1", sources, **options)
+    second = make_config(tmp_path / "instance2", sources, **options)
+
+    _convert(first, f"{fault_proxy.host}/remote/app:a")
+    fault_proxy.clear()
+    shared = _convert(second, f"{fault_proxy.host}/remote/app:b")
+
+    assert (shared.cache_hits, shared.cache_misses) == (2, 1)
+    layer_gets = {
+        path.rsplit("/", 1)[1]
+        for method, path, _ in fault_proxy.requests
+        if method == "GET" and "/blobs/" in path
+    }
+    assert layer_gets & {layer.digest for layer in b.images[0].layers} == {b.images[0].layers[1].digest}
+    plain = _convert(
+        make_config(tmp_path / "plain", sources, driver="nydus", tag_suffix="-nydus", provider__cache_size=0),
+        f"{fault_proxy.host}/remote/app:b",
+        target=f"{fault_proxy.host}/remote/app:b-plain",
+    )
+    assert plain.target_digest == shared.target_digest
+
+    with Converter(first) as converter:
+        index = parse_manifest(
+            converter.client.get_manifest(fault_proxy.host, "remote/app", "nydus-cache").data
+        )
+        assert not isinstance(index, Manifest)
+        assert [str(entry.platform) for entry in index.manifests] == ["linux/amd64"]
+        records = Manifest.from_json(
+            converter.client.get_manifest(fault_proxy.host, "remote/app", index.manifests[0].digest).data
+        )
+        inspection = converter.inspect(f"{fault_proxy.host}/remote/app:nydus-cache")
+    assert records.annotations["containerd.io/snapshot/nydus-cache-version"] == "v1"
+    sources_recorded = [
+        layer.annotations["containerd.io/snapshot/nydus-source-digest"] for layer in records.layers
+    ]
+    assert len(sources_recorded) == 4 and len(set(sources_recorded)) == 4, (
+        "b's three layers first, then a's own"
+    )
+    assert inspection.converted_by_us is not None

@@ -20,6 +20,7 @@ def config_dict(
     platforms: str = "",
     worker: int = 2,
     registry: dict[str, Any] | None = None,
+    cache_tag: str = "",
     **extra: Any,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {
@@ -32,7 +33,7 @@ def config_dict(
             "worker": worker,
             "platforms": platforms,
             "driver": {"type": driver, "config": driver_config or {}},
-            "rules": [{"tag_suffix": tag_suffix}],
+            "rules": [{"tag_suffix": tag_suffix}, *([{"cache_tag": cache_tag}] if cache_tag else [])],
         },
     }
     for key, value in extra.items():

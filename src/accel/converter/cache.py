@@ -14,13 +14,24 @@ converter checks that the blob still exists before using an entry and drops entr
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-from accel.oci.manifest import Descriptor
+from accel.drivers.base import CachedLayer
+from accel.errors import AccelError, NotFoundError
+from accel.oci import annotations as keys
+from accel.oci import mediatypes as mt
+from accel.oci.manifest import Descriptor, Index, Manifest, parse_manifest
+from accel.oci.platform import Platform
+from accel.registry import RegistryClient
+
+log = logging.getLogger(__name__)
+DRIVER_KEY: Final = "io.goharbor.artifact.v1alpha1.acceleration.driver.key"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -144,3 +155,122 @@ class LayerCache:
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM layers").fetchone()[0])
+
+
+CACHE_VERSION: Final = "containerd.io/snapshot/nydus-cache-version"
+UNCOMPRESSED: Final = "containerd.io/uncompressed"
+_EMPTY_CONFIG: Final = b"{}"
+
+
+class RemoteCache:
+    """Upstream's remote cache image: ``<repository>:<cache_tag>``, shared by every instance.
+
+    An OCI index with one manifest per platform; each manifest has an empty ``{}`` config and lists
+    converted layer blobs (already in the repository), newest first, each annotated with the source layer
+    digest (``containerd.io/snapshot/nydus-source-digest``) and its diff_id (``containerd.io/uncompressed``).
+    Manifests carry ``containerd.io/snapshot/nydus-cache-version``; we also record the driver key so that
+    blobs made with other options are never taken.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        host: str,
+        repository: str,
+        tag: str,
+        version: str,
+        driver_key: str,
+        capacity: int,
+    ) -> None:
+        self.client = client
+        self.host = host
+        self.repository = repository
+        self.tag = tag
+        self.version = version
+        self.driver_key = driver_key
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._records: dict[str, Descriptor] | None = None
+
+    def _matches(self, manifest: Manifest) -> bool:
+        marks = manifest.annotations
+        return marks.get(CACHE_VERSION, "") == self.version and marks.get(DRIVER_KEY) == self.driver_key
+
+    def _index(self) -> Index | None:
+        try:
+            fetched = self.client.get_manifest(self.host, self.repository, self.tag)
+        except NotFoundError:
+            return None
+        document = parse_manifest(fetched.data, fetched.media_type)
+        return document if isinstance(document, Index) else None
+
+    def _manifests(self, index: Index | None) -> list[tuple[Descriptor, Manifest]]:
+        out = []
+        for entry in index.manifests if index else []:
+            data = self.client.get_manifest(self.host, self.repository, entry.digest).data
+            manifest = Manifest.from_json(data)
+            out.append((entry, manifest))
+        return out
+
+    def lookup(self, source_digest: str) -> Descriptor | None:
+        """The converted blob recorded for a source layer (loaded once per conversion)."""
+        with self._lock:
+            if self._records is None:
+                self._records = {}
+                try:
+                    for _, manifest in self._manifests(self._index()):
+                        if not self._matches(manifest):
+                            continue
+                        for layer in manifest.layers:
+                            source = layer.annotations.get(keys.NYDUS_SOURCE_DIGEST)
+                            if source and UNCOMPRESSED in layer.annotations:
+                                self._records.setdefault(source, layer)
+                except AccelError as exc:  # the cache is an optimisation: a broken one is ignored
+                    log.warning("remote cache %s:%s unreadable: %s", self.repository, self.tag, exc)
+            return self._records.get(source_digest)
+
+    def update(self, platform: Platform | None, layers: list[tuple[str, CachedLayer]]) -> None:
+        """Put this conversion's layers first in the platform's record list, cut to the capacity, push."""
+        fresh = [
+            layer.descriptor.with_annotations({keys.NYDUS_SOURCE_DIGEST: source, UNCOMPRESSED: layer.diff_id})
+            for source, layer in layers
+        ]
+        with self._lock:
+            index = self._index()
+            entries = []
+            previous: list[Descriptor] = []
+            for entry, manifest in self._manifests(index):
+                if _same_platform(entry.platform, platform):
+                    if self._matches(manifest):
+                        previous = manifest.layers
+                    continue
+                entries.append(entry)
+            seen: set[str] = set()
+            records = []
+            for record in [*fresh, *previous]:
+                source = record.annotations.get(keys.NYDUS_SOURCE_DIGEST, "")
+                if source not in seen:
+                    seen.add(source)
+                    records.append(record)
+            config_digest = self.client.push_blob_bytes(self.host, self.repository, _EMPTY_CONFIG)
+            manifest = Manifest(
+                config=Descriptor(mt.OCI_CONFIG, config_digest, len(_EMPTY_CONFIG)),
+                layers=records[: self.capacity],
+                media_type=mt.OCI_MANIFEST,
+                annotations={CACHE_VERSION: self.version, DRIVER_KEY: self.driver_key},
+            )
+            data = manifest.to_bytes()
+            self.client.put_manifest(
+                self.host, self.repository, manifest.descriptor().digest, data, mt.OCI_MANIFEST
+            )
+            entries.append(manifest.descriptor(platform=platform))
+            cache_index = Index(manifests=entries, media_type=mt.OCI_INDEX)
+            self.client.put_manifest(
+                self.host, self.repository, self.tag, cache_index.to_bytes(), mt.OCI_INDEX
+            )
+
+
+def _same_platform(a: Platform | None, b: Platform | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.normalized() == b.normalized()

@@ -23,7 +23,7 @@ from typing import BinaryIO, TypeVar
 
 from accel.config import Config
 from accel.content import BlobWriter, ContentStore, Lease
-from accel.converter.cache import LayerCache
+from accel.converter.cache import UNCOMPRESSED, LayerCache, RemoteCache
 from accel.converter.progress import ConversionResult, Counters, Progress, SourceInspection
 from accel.converter.repositories import (
     ImageRepository,
@@ -33,8 +33,8 @@ from accel.converter.repositories import (
 )
 from accel.converter.rules import target_reference
 from accel.drivers import Driver, create_driver
-from accel.drivers.base import CachedLayer, ConvertedImage, SourceImage
-from accel.errors import CanceledError, ConversionError, NotFoundError
+from accel.drivers.base import CachedLayer, ConvertedImage, LayerDriver, SourceImage
+from accel.errors import AccelError, CanceledError, ConversionError, NotFoundError
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
 from accel.oci.layout import OCILayout
@@ -116,6 +116,8 @@ class Converter:
         tag = src_ref.tag
         if reason is None and suffix and tag and tag.endswith(suffix):
             reason = f"its tag ends with the target suffix {suffix!r}"
+        if reason is None and tag and tag == self.config.converter.cache_tag:
+            reason = "it is the remote layer cache image"
         if reason is None and isinstance(document, Index) and document.manifests:
             # Accelerated children (a Nydus or eStargz platform manifest) mark the whole index.
             child = document.manifests[0]
@@ -192,6 +194,7 @@ class _Pushable:
     image: ConvertedImage
     source_size: int
     platform: Platform | None
+    source_layers: list[str]
 
 
 class _Conversion:
@@ -224,6 +227,8 @@ class _Conversion:
         self.origins: dict[str, ImageRepository] = {}
         self.remembered: list[tuple[str, str, CachedLayer]] = []
         self.reused: list[tuple[str, str]] = []
+        self.layer_results: dict[str, CachedLayer] = {}
+        self.remote = self._remote_cache()
         self._pool = ThreadPoolExecutor(converter.layer_workers, thread_name_prefix="layer")
 
     # ------------------------------------------------------------------ DriverContext
@@ -266,27 +271,79 @@ class _Conversion:
         with self._notes_lock:
             self.notes.append(message)
 
-    def cached_layer(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
-        if self.cache is None:
+    def _remote_cache(self) -> RemoteCache | None:
+        config = self.converter.config
+        tag = config.converter.cache_tag
+        if (
+            not tag
+            or not isinstance(self.target, RegistryRepository)
+            or not isinstance(self.driver, LayerDriver)
+        ):
             return None
-        entry = self.cache.get(layer.digest, driver_key)
-        found = entry is not None and self._locate(entry.descriptor.digest, entry.locations)
+        return RemoteCache(
+            self.converter.client,
+            self.target.host,
+            self.target.repository,
+            tag,
+            config.provider.cache_version,
+            self.driver.key(),
+            config.provider.cache_size or 200,
+        )
+
+    def cached_layer(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+        if self.cache is None and self.remote is None:
+            return None
+        found = self._local_hit(layer, driver_key) or self._remote_hit(layer, driver_key)
         with self._notes_lock:
-            if entry is None or not found:
+            if found is None:
                 self.cache_misses += 1
             else:
                 self.cache_hits += 1
-                self.reused.append((layer.digest, driver_key))
+                self.layer_results[layer.digest] = found
+        return found
+
+    def _local_hit(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+        if self.cache is None:
+            return None
+        entry = self.cache.get(layer.digest, driver_key)
         if entry is None:
             return None
-        if not found:
+        if not self._locate(entry.descriptor.digest, entry.locations):
             log.info(
                 "layer cache: %s of %s vanished, converting again", entry.descriptor.digest, layer.digest
             )
             self.cache.discard(layer.digest, driver_key)
             return None
         log.info("layer cache hit: %s -> %s", layer.digest, entry.descriptor.digest)
+        with self._notes_lock:
+            self.reused.append((layer.digest, driver_key))
         return CachedLayer(entry.descriptor, entry.diff_id, entry.extra)
+
+    def _remote_hit(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+        if self.remote is None or not isinstance(self.driver, LayerDriver):
+            return None
+        record = self.remote.lookup(layer.digest)
+        if record is None or not self.target.has_blob(record.digest):
+            return None
+        diff_id = record.annotations[UNCOMPRESSED]
+        own = (UNCOMPRESSED, keys.NYDUS_SOURCE_DIGEST)
+        descriptor = record.replace(annotations={k: v for k, v in record.annotations.items() if k not in own})
+        remote = self.remote
+
+        def read_at(offset: int, length: int) -> bytes:
+            return remote.client.read_blob_range(
+                remote.host, remote.repository, record.digest, offset, length
+            )
+
+        try:
+            extra = self.driver.recover_extra(descriptor, read_at)
+        except AccelError as exc:
+            log.warning("remote cache record %s unusable: %s", record.digest, exc)
+            return None
+        log.info("remote cache hit: %s -> %s", layer.digest, record.digest)
+        found = CachedLayer(descriptor, diff_id, extra)
+        self.remember_layer(layer, driver_key, found)
+        return found
 
     def _locate(self, digest: str, locations: list[str]) -> bool:
         """Whether the blob can be had: in the store, in the target, or from a known place."""
@@ -310,12 +367,20 @@ class _Conversion:
         return None
 
     def remember_layer(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
-        if self.cache is not None:
-            with self._notes_lock:
+        with self._notes_lock:
+            self.layer_results[layer.digest] = converted
+            if self.cache is not None:
                 self.remembered.append((layer.digest, driver_key, converted))
 
-    def _record_cache(self) -> None:
+    def _record_cache(self, pushables: list[_Pushable]) -> None:
         """After a successful push: the converted blobs now live in the target too."""
+        if self.remote is not None:
+            for p in pushables:
+                layers = [(d, self.layer_results[d]) for d in p.source_layers if d in self.layer_results]
+                try:
+                    self.remote.update(p.platform, layers)
+                except AccelError as exc:  # the conversion succeeded; the shared cache is best effort
+                    log.warning("remote cache %s not updated: %s", self.remote.tag, exc)
         if self.cache is None:
             return
         location = self.target.location
@@ -374,7 +439,7 @@ class _Conversion:
             push_started = time.monotonic()
             target_digest = self._push(top, pushables, target_tag) or source_digest
             self.counters.add_time("push", time.monotonic() - push_started)
-            self._record_cache()
+            self._record_cache(pushables)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         return ConversionResult(
@@ -411,7 +476,9 @@ class _Conversion:
             **self._marks(source_name, digest),
             **self.driver.manifest_annotations(source_name, digest),
         }
-        return _Pushable(self.driver.convert(image, self), _image_size(manifest), image.platform)
+        converted = self.driver.convert(image, self)
+        layers = [layer.digest for layer in manifest.layers]
+        return _Pushable(converted, _image_size(manifest), image.platform, layers)
 
     def _single_top(
         self, pushable: _Pushable, source_name: str, source_digest: str

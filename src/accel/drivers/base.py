@@ -194,6 +194,11 @@ class LayerDriver(Driver):
     def decode_extra(self, data: bytes) -> Any:
         return None
 
+    def recover_extra(self, descriptor: Descriptor, read_at: Callable[[int, int], bytes]) -> bytes:
+        """The encoded extra of a converted blob known only by its descriptor (a remote cache record),
+        read from the blob itself with ranged reads. Drivers without extra need nothing."""
+        return b""
+
     def extra_layers(
         self, image: SourceImage, layers: list[ConvertedLayer], ctx: DriverContext
     ) -> list[tuple[ConvertedLayer, dict[str, Any]]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from accel.drivers.base import (
 from accel.errors import ConfigError
 from accel.formats import nydus
 from accel.formats.compression import decompressed, gzip_compress
+from accel.formats.nydus.tail import read_layer_meta
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
 from accel.oci.manifest import Descriptor
@@ -138,6 +139,10 @@ class NydusDriver(LayerDriver):
             bytes(view[start + boot : start + boot + meta]),
             bytes(view[start + boot + meta : start + boot + meta + blob_id]).decode(),
         )
+
+    def recover_extra(self, descriptor: Descriptor, read_at: Callable[[int, int], bytes]) -> bytes:
+        bootstrap, blob_meta = read_layer_meta(read_at, descriptor.size)
+        return self.encode_extra(_LayerMeta(bootstrap, blob_meta, descriptor.digest.split(":", 1)[1]))
 
     def extra_layers(
         self, image: SourceImage, layers: list[ConvertedLayer], ctx: DriverContext

@@ -426,6 +426,41 @@ class RegistryClient:
         digests.verify(data, digest, what)
         return data
 
+    def read_blob_range(self, host: str, repo: str, digest: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of a blob from ``offset`` (a ranged GET; lazy readers of converted blobs).
+
+        The bytes cannot be checked against the blob digest; callers verify them against digests the
+        format records (a ToC, a zTOC). A server that ignores Range is answered by slicing, bounded by
+        ``offset + length`` bytes read.
+        """
+        what = f"blob {_ref(host, repo, digests.validate(digest))} bytes {offset}+{length}"
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        if length == 0:
+            return b""
+        op = _Op(host, repo, what)
+        url = self._url(host, repo, "blobs", digest)
+        headers = {**_IDENTITY, "Range": f"bytes={offset}-{offset + length - 1}"}
+
+        def attempt() -> bytes:
+            with closing(
+                self._open(op, "GET", url, ok=(200, 206), follow_redirects=True, headers=headers)
+            ) as response:
+                try:
+                    if response.status_code == 206:
+                        if not _resumes_at(response, offset):
+                            raise RegistryError(f"GET {what}: ranged answer does not start at byte {offset}")
+                        data = _read_limited(response, length, what)
+                    else:
+                        data = _read_prefix(response, offset + length)[offset:]
+                except _NETWORK_ERRORS as exc:
+                    raise RetryableError(f"GET {what}: {_describe_exc(exc)}") from None
+            if len(data) != length:
+                raise RegistryError(f"GET {what}: got {len(data)} bytes")
+            return data
+
+        return self._retry.call(attempt, f"GET {what}")
+
     def pull_blob(
         self,
         host: str,
@@ -691,6 +726,18 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RegistryError(f"{what}: expected a JSON object in the registry's answer")
     return value
+
+
+def _read_prefix(response: httpx.Response, size: int) -> bytes:
+    """The first ``size`` bytes of the body (or all of a shorter one); the rest is never read."""
+    parts: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes():
+        parts.append(chunk)
+        total += len(chunk)
+        if total >= size:
+            break
+    return b"".join(parts)[:size]
 
 
 def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:

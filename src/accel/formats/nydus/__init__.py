@@ -1,0 +1,49 @@
+"""Nydus RAFS v6: reading/validating bootstraps and blobs, building per-layer blobs, merging bootstraps.
+
+* ``build_layer(src, dst, Options()) -> LayerBuild``: tar layer stream -> nydus blob with inlined bootstrap.
+* ``merge([(bootstrap, blob_id), ...]) -> bytes``: per-layer bootstraps -> image bootstrap (OCI whiteouts).
+* ``read_bootstrap(bytes) -> Bootstrap``, ``read_blob(bytes) -> BlobFile``, ``validate(...)``;
+  ``read_bootstrap_v5`` for RAFS v5 (read-only).
+* ``bootstrap_layer_tar(...)``: the ``image/image.boot`` + ``image/<hex>.blob.meta`` tar.
+"""
+
+from __future__ import annotations
+
+from accel.formats.nydus.blob import (
+    BlobFile,
+    blob_meta_file,
+    extract_via_toc,
+    read_blob,
+    stripped_blob_id,
+    verify_chunk_digests,
+)
+from accel.formats.nydus.builder import LayerBuild, Options, build_layer
+from accel.formats.nydus.describe import blob_layout, bootstrap_layout, file_tree
+from accel.formats.nydus.merge import merge
+from accel.formats.nydus.packaging import bootstrap_layer_tar
+from accel.formats.nydus.reader import Bootstrap, read_bootstrap, to_tree
+from accel.formats.nydus.reader_v5 import V5Bootstrap, read_bootstrap_v5
+from accel.formats.nydus.validate import validate
+
+__all__ = [
+    "BlobFile",
+    "Bootstrap",
+    "LayerBuild",
+    "Options",
+    "V5Bootstrap",
+    "blob_layout",
+    "blob_meta_file",
+    "bootstrap_layer_tar",
+    "bootstrap_layout",
+    "build_layer",
+    "extract_via_toc",
+    "file_tree",
+    "merge",
+    "read_blob",
+    "read_bootstrap",
+    "read_bootstrap_v5",
+    "stripped_blob_id",
+    "to_tree",
+    "validate",
+    "verify_chunk_digests",
+]

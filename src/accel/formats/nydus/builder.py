@@ -1,0 +1,453 @@
+"""Per-layer builder: an uncompressed tar layer stream -> one nydus blob with an inlined bootstrap.
+
+The output is what ``nydus-image create --type tar-rafs --blob-inline-meta --features blob-toc`` writes:
+compressed chunks, ``image.blob`` header, blob meta (ci array + 4 KiB header), ``blob.digest``, the zstd
+``image.boot`` and the ``rafs.blob.toc``, each followed by its 512-byte tar header. Chunks are compressed on
+a thread pool and written in order, so memory stays at a few chunks whatever the layer size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from accel.errors import FormatError
+from accel.formats.nydus import constants as c
+from accel.formats.nydus.compress import compress, digest_of
+from accel.formats.nydus.ondisk import BlobEntry, BlobMetaHeader, CiV1, TocEntry, tar_header
+from accel.formats.nydus.tree import Chunk, Node, new_dir
+from accel.formats.nydus.writer import WriteOptions, makedev, write_bootstrap
+from accel.formats.tar import TarEntry, TarReader, check_safe, clean_path, encode_name
+
+_SKIPPED = frozenset({"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"})
+_TYPE_BITS = {
+    b"0": stat.S_IFREG,
+    b"1": stat.S_IFREG,
+    b"2": stat.S_IFLNK,
+    b"3": stat.S_IFCHR,
+    b"4": stat.S_IFBLK,
+    b"5": stat.S_IFDIR,
+    b"6": stat.S_IFIFO,
+}
+_TOC_FLAG = {"none": c.TOC_NONE, "zstd": c.TOC_ZSTD, "lz4_block": c.TOC_LZ4_BLOCK}
+_MAX_SYMLINK = 0xFFFF
+_MAX_FILE_SIZE = 1 << 50
+
+
+@dataclass(frozen=True)
+class Options:
+    """Build options (the converter's defaults: zstd, 1 MiB chunks, blake3, RAFS v6, prefetch ``/``)."""
+
+    compressor: str = "zstd"
+    chunk_size: int = c.DEFAULT_CHUNK_SIZE
+    digester: str = "blake3"
+    fs_version: int = 6
+    prefetch_patterns: tuple[str, ...] = ("/",)
+    threads: int = 2
+
+    def check(self) -> None:
+        if self.fs_version != 6:
+            raise FormatError(f"unsupported RAFS version {self.fs_version} (only 6 is built)")
+        if self.compressor not in ("zstd", "lz4_block", "none"):
+            raise FormatError(f"unsupported compressor {self.compressor!r}")
+        if self.digester not in ("blake3", "sha256"):
+            raise FormatError(f"unsupported digester {self.digester!r}")
+        cs = self.chunk_size
+        if cs & (cs - 1) or not c.MIN_CHUNK_SIZE <= cs <= c.MAX_CHUNK_SIZE:
+            raise FormatError(f"chunk size {cs:#x} is not a power of two in [4 KiB, 16 MiB]")
+        for p in self.prefetch_patterns:
+            if not p.startswith("/"):
+                raise FormatError(f"prefetch pattern {p!r} is not absolute")
+
+
+@dataclass
+class LayerBuild:
+    """What a driver needs from one converted layer."""
+
+    blob_digest: str  # sha256 of the whole output stream = the OCI layer digest
+    blob_size: int
+    blob_id: str  # the id the merged bootstrap will use (the layer digest hex unless given)
+    bootstrap: bytes  # the per-layer bootstrap (uncompressed), as inlined in the blob
+    blob_meta: bytes  # ``image/<hex>.blob.meta``: ci array padded to 4 KiB + header; b"" without data
+    blob_entry: BlobEntry | None  # the blob-table entry of the per-layer bootstrap (None without data)
+    chunk_count: int = 0
+    uncompressed_size: int = 0
+    files: int = 0
+    toc: list[TocEntry] = field(default_factory=list)
+
+
+class _Out:
+    """The output stream plus its running sha256 and position."""
+
+    def __init__(self, dst: BinaryIO) -> None:
+        self.dst = dst
+        self.hash = hashlib.sha256()
+        self.pos = 0
+
+    def write(self, data: bytes) -> None:
+        self.dst.write(data)
+        self.hash.update(data)
+        self.pos += len(data)
+
+
+_Job = tuple[Node, int, "Future[tuple[bytes, bytes, bool, int]]"]
+
+
+class _Chunker:
+    """Compresses chunks in parallel and commits them in order, with in-layer dedup."""
+
+    def __init__(self, out: _Out, opts: Options) -> None:
+        self.out = out
+        self.opts = opts
+        self.pool = ThreadPoolExecutor(max_workers=max(1, opts.threads), thread_name_prefix="nydus-chunk")
+        self.pending: deque[_Job] = deque()
+        self.limit = 2 * max(1, opts.threads) + 2
+        self.by_digest: dict[bytes, Chunk] = {}
+        self.chunks: list[Chunk] = []
+        self.c_off = 0
+        self.u_off = 0
+
+    def _work(self, data: bytes) -> tuple[bytes, bytes, bool, int]:
+        digest = digest_of(self.opts.digester, data)
+        stored, compressed = compress(self.opts.compressor, data)
+        return digest, stored, compressed, len(data)
+
+    def submit(self, node: Node, index: int, data: bytes) -> None:
+        while len(self.pending) >= self.limit:
+            self._commit(*self.pending.popleft())
+        self.pending.append((node, index, self.pool.submit(self._work, data)))
+
+    def _commit(self, node: Node, index: int, fut: Future[tuple[bytes, bytes, bool, int]]) -> None:
+        digest, stored, compressed, size = fut.result()
+        chunk = self.by_digest.get(digest)
+        if chunk is None or chunk.uncompressed_size != size:
+            if len(self.chunks) >= c.MAX_CHUNK_COUNT:
+                raise FormatError("too many chunks in one layer")
+            chunk = Chunk(
+                digest=digest,
+                blob_index=0,
+                ci_index=len(self.chunks),
+                compressed_offset=self.c_off,
+                compressed_size=len(stored),
+                uncompressed_offset=self.u_off,
+                uncompressed_size=size,
+                compressed=compressed,
+            )
+            self.out.write(stored)
+            self.c_off += len(stored)
+            self.u_off += -(-size // c.BLOCK_SIZE) * c.BLOCK_SIZE
+            self.chunks.append(chunk)
+            self.by_digest[digest] = chunk
+        node.chunks[index] = chunk
+
+    def flush(self) -> None:
+        while self.pending:
+            self._commit(*self.pending.popleft())
+
+    def close(self) -> None:
+        for _, _, fut in self.pending:
+            fut.cancel()
+        self.pool.shutdown(wait=True)
+
+
+def build_layer(
+    src: BinaryIO, dst: BinaryIO, options: Options | None = None, *, blob_id: str | None = None
+) -> LayerBuild:
+    """Convert the uncompressed tar ``src`` into a nydus blob written to ``dst``.
+
+    ``blob_id`` is the id recorded for the merged bootstrap; by default it is the sha256 of the output.
+    The inlined bootstrap itself carries the ``"x" * 64`` placeholder id, as nydus-image does.
+    """
+    opts = options or Options()
+    opts.check()
+    out = _Out(dst)
+    chunker = _Chunker(out, opts)
+    try:
+        root, files = _read_tar(src, chunker, opts)
+        chunker.flush()
+    finally:
+        chunker.close()
+    return _finish(out, chunker, root, files, opts, blob_id)
+
+
+def _read_tar(src: BinaryIO, chunker: _Chunker, opts: Options) -> tuple[Node, int]:
+    root = new_dir()
+    seen_files: dict[str, Node] = {}
+    files = 0
+    reader = TarReader(src)
+    for entry in reader:
+        name = entry.name
+        path = _entry_path(entry)
+        if path in _SKIPPED:
+            continue
+        node = _make_node(entry, name)
+        if entry.is_hardlink:
+            target = _link_path(entry)
+            linked = seen_files.get(target)
+            if linked is None or not linked.is_reg:
+                raise FormatError(
+                    f"hardlink target {entry.linkname!r} is not a known regular file", entry=name
+                )
+            node = linked
+        elif node.is_reg:
+            if not 0 <= entry.size <= _MAX_FILE_SIZE:
+                raise FormatError(f"absurd file size {entry.size}", entry=name)
+            nchunks = -(-entry.size // opts.chunk_size)
+            if nchunks > c.MAX_CHUNK_COUNT:
+                raise FormatError(f"file has too many chunks ({nchunks})", entry=name)
+            node.size = entry.size
+            placeholder = Chunk(b"", 0, 0, 0, 0, 0, 0, False)
+            node.chunks = [placeholder] * nchunks
+            for i in range(nchunks):
+                want = min(opts.chunk_size, entry.size - i * opts.chunk_size)
+                data = reader.read(want)
+                if len(data) != want:
+                    raise FormatError("truncated file content", entry=name)
+                chunker.submit(node, i, data)
+        if path == "":
+            if not node.is_dir:
+                raise FormatError("the root entry is not a directory", entry=name)
+            node.children = root.children
+            root = node
+            continue
+        parent = _parent_dir(root, path, name)
+        base = encode_name(path.rsplit("/", 1)[-1])
+        old = parent.children.get(base)
+        if old is not None and old.is_dir and node.is_dir:
+            # The later entry's metadata wins; the directory keeps what was already put under it.
+            node.children = old.children
+        parent.children[base] = node
+        if node.is_reg:
+            seen_files[path] = node
+            files += 1
+        else:
+            seen_files.pop(path, None)
+    return root, files
+
+
+def _entry_path(entry: TarEntry) -> str:
+    name = entry.name
+    if entry.type == b"g":
+        raise FormatError("PAX global headers are not supported", entry=name)
+    check_safe(name)
+    if ".." in name.split("/"):
+        raise FormatError("path contains a '..' component", entry=name)
+    return clean_path(name)
+
+
+def _link_path(entry: TarEntry) -> str:
+    try:
+        check_safe(entry.linkname)
+    except FormatError as exc:
+        raise FormatError(f"hardlink target {entry.linkname!r}: {exc.reason}", entry=entry.name) from None
+    if ".." in entry.linkname.split("/"):
+        raise FormatError(f"hardlink target {entry.linkname!r} contains '..'", entry=entry.name)
+    return clean_path(entry.linkname)
+
+
+def _make_node(entry: TarEntry, name: str) -> Node:
+    bits = _TYPE_BITS.get(entry.type)
+    if bits is None:
+        raise FormatError(f"unsupported tar entry type {entry.type!r}", entry=name)
+    if entry.sparse is not None:
+        raise FormatError("sparse files are not supported", entry=name)
+    # nydus takes uid, gid and mtime from the ustar header itself; PAX records for them are ignored.
+    block = entry.raw_header[-512:]
+    uid, gid, mtime = entry.uid, entry.gid, entry.mtime
+    if {"uid", "gid", "mtime"} & entry.pax_records.keys():
+        uid, gid, mtime = (_header_int(block[a:b], name) for a, b in ((108, 116), (116, 124), (136, 148)))
+    if not 0 <= mtime < 1 << 64:
+        raise FormatError(f"mtime {mtime} out of range", entry=name)
+    if not 0 <= uid < 1 << 32 or not 0 <= gid < 1 << 32:
+        raise FormatError("uid/gid out of range", entry=name)
+    node = Node(mode=(entry.mode & 0o7777) | bits, uid=uid, gid=gid, mtime=mtime)
+    xattrs: list[tuple[bytes, bytes]] = []
+    for key, value in entry.pax_records.items():
+        if key.startswith("SCHILY.xattr."):
+            xname = encode_name(key[len("SCHILY.xattr.") :])
+            if not any(xname.startswith(p) for p, _ in c.XATTR_PREFIXES):
+                raise FormatError(f"unsupported xattr {xname!r}", entry=name)
+            raw = encode_name(value)
+            if len(xname) > 255 or len(raw) > 0xFFFF:
+                raise FormatError(f"xattr {xname!r} too large", entry=name)
+            xattrs.append((xname, raw))
+    node.xattrs = xattrs
+    if entry.is_symlink:
+        target = encode_name(entry.linkname)
+        if not target or len(target) > _MAX_SYMLINK:
+            raise FormatError(f"symlink target length {len(target)} out of range", entry=name)
+        node.symlink = target
+    elif entry.is_chardev or entry.is_blockdev:
+        node.rdev = makedev(entry.devmajor, entry.devminor)
+    return node
+
+
+def _header_int(field: bytes, name: str) -> int:
+    """A numeric ustar field: octal text, or GNU base-256 when the top bit of the first byte is set."""
+    if field and field[0] & 0x80:
+        value = int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+        return value - (1 << (8 * len(field) - 1)) if field[0] & 0x40 else value
+    text = field.replace(b"\0", b" ").strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise FormatError(f"bad numeric header field {field!r}", entry=name) from None
+
+
+def _parent_dir(root: Node, path: str, name: str) -> Node:
+    node = root
+    for part in path.split("/")[:-1]:
+        key = encode_name(part)
+        child = node.children.get(key)
+        if child is None:
+            child = new_dir()
+            node.children[key] = child
+        elif not child.is_dir:
+            raise FormatError(f"parent {part!r} is not a directory", entry=name)
+        node = child
+    return node
+
+
+def _finish(
+    out: _Out, chunker: _Chunker, root: Node, files: int, opts: Options, blob_id: str | None
+) -> LayerBuild:
+    chunks = chunker.chunks
+    toc: list[TocEntry] = []
+    blobs: list[BlobEntry] = []
+    blob_meta = b""
+    entry: BlobEntry | None = None
+    if chunks:
+        out.write(tar_header(c.ENTRY_BLOB, out.pos))
+        # The chunk data starts the stream, so the running stream hash is sha256(chunks || header).
+        data_digest = out.hash.copy().digest()
+        uncompressed_size = chunker.u_off
+        toc.append(
+            TocEntry(
+                flags=c.TOC_NONE,
+                name=c.ENTRY_BLOB,
+                uncompressed_digest=data_digest,
+                compressed_offset=0,
+                compressed_size=chunker.c_off,
+                uncompressed_size=uncompressed_size,
+            )
+        )
+        features = (
+            c.BF_ALIGNED
+            | c.BF_INLINED_FS_META
+            | c.BF_INLINED_CHUNK_DIGEST
+            | c.BF_HAS_TAR_HEADER
+            | c.BF_HAS_TOC
+            | c.BF_CAP_TAR_TOC
+        )
+        ci_raw = b"".join(
+            CiV1(
+                ch.uncompressed_offset, ch.uncompressed_size, ch.compressed_offset, ch.compressed_size
+            ).encode()
+            for ch in chunks
+        )
+        ci_stored, ci_compressed = compress(opts.compressor, ci_raw)
+        ci_compressor = opts.compressor if ci_compressed else "none"
+        ci_offset = out.pos
+        header = BlobMetaHeader(
+            features=features,
+            ci_compressor=c.COMPRESSOR_IDS[ci_compressor],
+            ci_entries=len(chunks),
+            ci_offset=ci_offset,
+            ci_compressed_size=len(ci_stored),
+            ci_uncompressed_size=len(ci_raw),
+        ).encode()
+        out.write(ci_stored)
+        out.write(header)
+        out.write(tar_header(c.ENTRY_META, len(ci_stored) + len(header)))
+        toc.append(
+            TocEntry(
+                flags=_TOC_FLAG[ci_compressor],
+                name=c.ENTRY_META,
+                uncompressed_digest=hashlib.sha256(ci_raw).digest(),
+                compressed_offset=ci_offset,
+                compressed_size=len(ci_stored),
+                uncompressed_size=len(ci_raw),
+            )
+        )
+        toc.append(
+            TocEntry(
+                flags=c.TOC_NONE,
+                name=c.ENTRY_META_HEADER,
+                uncompressed_digest=hashlib.sha256(header).digest(),
+                compressed_offset=ci_offset + len(ci_stored),
+                compressed_size=len(header),
+                uncompressed_size=len(header),
+            )
+        )
+        digests = b"".join(ch.digest for ch in chunks)
+        digest_offset = out.pos
+        out.write(digests)
+        out.write(tar_header(c.ENTRY_DIGEST, len(digests)))
+        toc.append(
+            TocEntry(
+                flags=c.TOC_NONE,
+                name=c.ENTRY_DIGEST,
+                uncompressed_digest=hashlib.sha256(digests).digest(),
+                compressed_offset=digest_offset,
+                compressed_size=len(digests),
+                uncompressed_size=len(digests),
+            )
+        )
+        entry = BlobEntry(
+            blob_id=c.PLACEHOLDER_BLOB_ID,
+            blob_index=0,
+            chunk_size=opts.chunk_size,
+            chunk_count=len(chunks),
+            compression_algo=c.COMPRESSOR_IDS[opts.compressor],
+            digest_algo=c.DIGESTER_IDS[opts.digester],
+            features=features,
+            compressed_size=out.pos,
+            uncompressed_size=uncompressed_size,
+            ci_compressor=c.COMPRESSOR_IDS[ci_compressor],
+            ci_offset=ci_offset,
+            ci_compressed_size=len(ci_stored),
+            ci_uncompressed_size=len(ci_raw),
+        )
+        blobs.append(entry)
+        blob_meta = ci_raw + bytes(-len(ci_raw) % c.BLOCK_SIZE) + header
+    wopts = WriteOptions(
+        chunk_size=opts.chunk_size,
+        compressor=opts.compressor,
+        digester=opts.digester,
+        prefetch=tuple(encode_name(p) for p in opts.prefetch_patterns),
+    )
+    bootstrap = write_bootstrap(root, blobs, wopts)
+    boot_stored, boot_compressed = compress("zstd", bootstrap)
+    boot_offset = out.pos
+    out.write(boot_stored)
+    out.write(tar_header(c.ENTRY_BOOTSTRAP, len(boot_stored)))
+    toc.append(
+        TocEntry(
+            flags=c.TOC_ZSTD if boot_compressed else c.TOC_NONE,
+            name=c.ENTRY_BOOTSTRAP,
+            uncompressed_digest=hashlib.sha256(bootstrap).digest(),
+            compressed_offset=boot_offset,
+            compressed_size=len(boot_stored),
+            uncompressed_size=len(bootstrap),
+        )
+    )
+    toc_bytes = b"".join(e.encode() for e in toc)
+    out.write(toc_bytes)
+    out.write(tar_header(c.TOC_NAME, len(toc_bytes)))
+    digest_hex = out.hash.hexdigest()
+    return LayerBuild(
+        blob_digest="sha256:" + digest_hex,
+        blob_size=out.pos,
+        blob_id=blob_id or digest_hex,
+        bootstrap=bootstrap,
+        blob_meta=blob_meta,
+        blob_entry=entry,
+        chunk_count=len(chunks),
+        uncompressed_size=chunker.u_off,
+        files=files,
+        toc=toc,
+    )

@@ -1,0 +1,160 @@
+"""Numeric constants of the RAFS v6 on-disk format (spec sections 1 and 2)."""
+
+from __future__ import annotations
+
+BLOCK_SIZE = 4096
+EROFS_MAGIC = 0xE0F5E1E2
+EROFS_FEATURE_COMPAT_RAFS_V6 = 0x40000000
+EROFS_FEATURE_INCOMPAT_CHUNKED_FILE = 0x4
+EROFS_FEATURE_INCOMPAT_DEVICE_TABLE = 0x8
+INCOMPAT = EROFS_FEATURE_INCOMPAT_CHUNKED_FILE | EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
+SB_OFFSET = 1024
+EXT_SB_OFFSET = 1152
+DEVT_SLOTOFF = 11
+DEVT_OFFSET = DEVT_SLOTOFF * 128
+DEVICE_SIZE = 128
+BLOB_ENTRY_SIZE = 256
+CHUNK_INFO_SIZE = 80
+CHUNK_ADDR_SIZE = 8
+DIRENT_SIZE = 12
+INODE_EXTENDED_SIZE = 64
+INODE_COMPACT_SIZE = 32
+XATTR_IBODY_HEADER_SIZE = 12
+ROOT_NID = 128
+MAPPED_BLKADDR_ALIGN = 0x80000
+DEFAULT_CHUNK_SIZE = 0x100000
+MIN_CHUNK_SIZE = 0x1000
+MAX_CHUNK_SIZE = 0x1000000
+MAX_CHUNK_COUNT = 1 << 24
+PLACEHOLDER_BLOB_ID = "x" * 64
+
+# i_format data layouts (bits 1..3)
+LAYOUT_FLAT_PLAIN = 0
+LAYOUT_FLAT_INLINE = 2
+LAYOUT_CHUNK_BASED = 4
+LAYOUT_NAMES = {
+    LAYOUT_FLAT_PLAIN: "FLAT_PLAIN",
+    LAYOUT_FLAT_INLINE: "FLAT_INLINE",
+    LAYOUT_CHUNK_BASED: "CHUNK_BASED",
+}
+EROFS_CHUNK_FORMAT_INDEXES = 0x20
+
+# RafsSuperFlags
+SUPER_FLAGS = {
+    "COMPRESSION_NONE": 0x1,
+    "COMPRESSION_LZ4": 0x2,
+    "HASH_BLAKE3": 0x4,
+    "HASH_SHA256": 0x8,
+    "EXPLICIT_UID_GID": 0x10,
+    "HAS_XATTR": 0x20,
+    "COMPRESSION_GZIP": 0x40,
+    "COMPRESSION_ZSTD": 0x80,
+    "INLINED_CHUNK_DIGEST": 0x100,
+    "TARFS_MODE": 0x200,
+    "ENCRYPTION_NONE": 0x0100_0000,
+    "ENCRYPTION_AES_128_XTS": 0x0200_0000,
+}
+SF_COMPRESSION_NONE = 0x1
+SF_COMPRESSION_LZ4 = 0x2
+SF_HASH_BLAKE3 = 0x4
+SF_HASH_SHA256 = 0x8
+SF_EXPLICIT_UID_GID = 0x10
+SF_HAS_XATTR = 0x20
+SF_COMPRESSION_GZIP = 0x40
+SF_COMPRESSION_ZSTD = 0x80
+SF_INLINED_CHUNK_DIGEST = 0x100
+SF_ENCRYPTION_NONE = 0x0100_0000
+SF_COMPRESSION_MASK = SF_COMPRESSION_NONE | SF_COMPRESSION_LZ4 | SF_COMPRESSION_GZIP | SF_COMPRESSION_ZSTD
+SF_HASH_MASK = SF_HASH_BLAKE3 | SF_HASH_SHA256
+
+# BlobFeatures
+BLOB_FEATURES = {
+    "ALIGNED": 0x1,
+    "INLINED_FS_META": 0x2,
+    "CHUNK_INFO_V2": 0x4,
+    "ZRAN": 0x8,
+    "SEPARATE": 0x10,
+    "INLINED_CHUNK_DIGEST": 0x20,
+    "TARFS": 0x40,
+    "BATCH": 0x80,
+    "ENCRYPTED": 0x100,
+    "IS_CHUNKDICT_GENERATED": 0x200,
+    "IS_SEPARATED_WITH_PREFETCH_FILES": 0x400,
+    "EXTERNAL": 0x800,
+    "HAS_TAR_HEADER": 0x1000_0000,
+    "HAS_TOC": 0x2000_0000,
+    "CAP_TAR_TOC": 0x4000_0000,
+    "_V5_NO_EXT_BLOB_TABLE": 0x8000_0000,
+}
+BF_ALIGNED = 0x1
+BF_INLINED_FS_META = 0x2
+BF_CHUNK_INFO_V2 = 0x4
+BF_INLINED_CHUNK_DIGEST = 0x20
+BF_TARFS = 0x40
+BF_HAS_TAR_HEADER = 0x1000_0000
+BF_HAS_TOC = 0x2000_0000
+BF_CAP_TAR_TOC = 0x4000_0000
+
+# Blob compression_algo / ci_compressor and digest_algo numbers
+COMPRESSORS = {0: "none", 1: "lz4_block", 2: "gzip", 3: "zstd"}
+COMPRESSOR_IDS = {v: k for k, v in COMPRESSORS.items()}
+DIGESTERS = {0: "blake3", 1: "sha256"}
+DIGESTER_IDS = {v: k for k, v in DIGESTERS.items()}
+SUPER_COMPRESSION_FLAG = {
+    "none": SF_COMPRESSION_NONE,
+    "lz4_block": SF_COMPRESSION_LZ4,
+    "gzip": SF_COMPRESSION_GZIP,
+    "zstd": SF_COMPRESSION_ZSTD,
+}
+SUPER_DIGEST_FLAG = {"blake3": SF_HASH_BLAKE3, "sha256": SF_HASH_SHA256}
+
+# BlobChunkFlags (chunk table)
+CHUNK_COMPRESSED = 0x1
+CHUNK_HOLE = 0x2
+CHUNK_ENCRYPTED = 0x4
+CHUNK_BATCH = 0x8
+CHUNK_HAS_CRC32 = 0x10
+
+BLOB_META_MAGIC = 0xB10BB10B
+BLOB_META_HEADER_SIZE = 4096
+CI_V1_SIZE = 16
+CI_V2_SIZE = 24
+
+# ToC
+TOC_ENTRY_SIZE = 128
+TOC_NONE = 0x1
+TOC_ZSTD = 0x2
+TOC_LZ4_BLOCK = 0x4
+TOC_COMPRESSORS = {TOC_NONE: "none", TOC_ZSTD: "zstd", TOC_LZ4_BLOCK: "lz4_block"}
+TAR_BLOCK = 512
+TOC_NAME = "rafs.blob.toc"
+ENTRY_BLOB = "image.blob"
+ENTRY_META = "blob.meta"
+ENTRY_META_HEADER = "blob.meta.header"
+ENTRY_DIGEST = "blob.digest"
+ENTRY_BOOTSTRAP = "image.boot"
+
+# EROFS dirent file types
+FT_UNKNOWN = 0
+FT_REG = 1
+FT_DIR = 2
+FT_CHR = 3
+FT_BLK = 4
+FT_FIFO = 5
+FT_SOCK = 6
+FT_SYMLINK = 7
+
+# xattr name prefixes, in match order
+XATTR_PREFIXES: tuple[tuple[bytes, int], ...] = (
+    (b"user.", 1),
+    (b"system.posix_acl_access", 2),
+    (b"system.posix_acl_default", 3),
+    (b"trusted.", 4),
+    (b"security.", 6),
+)
+XATTR_INDEX_PREFIX = {idx: prefix for prefix, idx in XATTR_PREFIXES}
+
+
+def flag_names(value: int, table: dict[str, int]) -> list[str]:
+    """Names of the bits of ``value`` in ``table``, in table order (what the fixtures list)."""
+    return [name for name, bit in table.items() if value & bit]

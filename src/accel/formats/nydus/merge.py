@@ -1,0 +1,150 @@
+"""Merging per-layer bootstraps into the image bootstrap with OCI whiteouts (spec section 5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from accel.errors import FormatError
+from accel.formats.nydus import constants as c
+from accel.formats.nydus.ondisk import BlobEntry
+from accel.formats.nydus.reader import read_bootstrap, to_tree
+from accel.formats.nydus.tree import Node
+from accel.formats.nydus.writer import WriteOptions, write_bootstrap
+
+WHITEOUT_PREFIX = b".wh."
+OPAQUE = b".wh..wh..opq"
+
+
+def merge(layers: Sequence[tuple[bytes, str]], *, prefetch_patterns: Sequence[str] = ("/",)) -> bytes:
+    """Merge ``(per-layer bootstrap, blob id)`` pairs, lowest layer first, into one bootstrap.
+
+    The blob id (the layer digest hex) replaces the placeholder id of the layer's blob. Only blobs that
+    some file still references are kept, numbered in order of first reference.
+    """
+    if not layers:
+        raise FormatError("nothing to merge")
+    sources: list[BlobEntry] = []
+    merged: Node | None = None
+    chunk_size = 0
+    compressor = digester = ""
+    explicit = False
+    for depth, (data, blob_id) in enumerate(layers):
+        try:
+            bs = read_bootstrap(data)
+        except FormatError as exc:
+            raise FormatError(f"layer {depth}: {exc.reason}", entry=exc.entry) from exc
+        if bs.blobs:
+            if chunk_size and bs.chunk_size != chunk_size:
+                raise FormatError(
+                    f"layer {depth}: chunk size {bs.chunk_size:#x} differs from {chunk_size:#x}"
+                )
+            chunk_size = bs.chunk_size
+        if not compressor or (bs.blobs and not sources):
+            compressor, digester = bs.compressor, bs.digester
+            explicit = bool(bs.ext.flags & c.SF_EXPLICIT_UID_GID)
+        base = len(sources)
+        for blob in bs.blobs:
+            entry = dataclasses.replace(blob, features=blob.features & ~c.BF_INLINED_FS_META)
+            if len(bs.blobs) == 1:
+                entry.blob_id = blob_id
+            if len(entry.blob_id) != 64 or entry.blob_id == c.PLACEHOLDER_BLOB_ID:
+                raise FormatError(f"layer {depth}: blob {entry.blob_id!r} has no usable id")
+            sources.append(entry)
+        tree = to_tree(bs)
+        seen: set[int] = set()
+        for node in _walk_files(tree):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            node.chunks = [dataclasses.replace(ch, blob_index=ch.blob_index + base) for ch in node.chunks]
+        if merged is None:
+            merged = tree
+        else:
+            _apply_root(merged, tree)
+    assert merged is not None
+    blobs = _renumber_blobs(merged, sources)
+    opts = WriteOptions(
+        chunk_size=chunk_size or c.DEFAULT_CHUNK_SIZE,
+        compressor=compressor,
+        digester=digester,
+        explicit_uid_gid=explicit,
+        force_has_xattr=True,
+        prefetch=tuple(p.encode("utf-8", "surrogateescape") for p in prefetch_patterns),
+    )
+    return write_bootstrap(merged, blobs, opts)
+
+
+def _copy_meta(dst: Node, src: Node) -> None:
+    dst.mode, dst.uid, dst.gid = src.mode, src.uid, src.gid
+    dst.mtime, dst.mtime_nsec = src.mtime, src.mtime_nsec
+    dst.xattrs = list(src.xattrs)
+
+
+def _apply_root(lower: Node, upper: Node) -> None:
+    _copy_meta(lower, upper)
+    _apply_dir(lower, upper)
+
+
+def _apply_dir(lower: Node, upper: Node) -> None:
+    """``merge_children``: whiteouts first, then upper entries replace or join the lower ones."""
+    for name in upper.children:
+        if name == OPAQUE:
+            lower.children.clear()
+        elif name.startswith(WHITEOUT_PREFIX):
+            lower.children.pop(name[len(WHITEOUT_PREFIX) :], None)
+    for name in sorted(upper.children):
+        if name.startswith(WHITEOUT_PREFIX):
+            continue
+        node = upper.children[name]
+        if not node.is_dir:
+            lower.children[name] = node
+            continue
+        old = lower.children.get(name)
+        if old is not None and old.is_dir:
+            target = old
+        else:
+            target = Node(mode=node.mode)
+            lower.children[name] = target
+        _copy_meta(target, node)
+        _apply_dir(target, node)
+
+
+def _walk_files(root: Node) -> list[Node]:
+    """Regular files in the layout walk order of spec 1.9 (per directory: files, then subdirectories)."""
+    out: list[Node] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        subdirs = []
+        for name in sorted(node.children):
+            child = node.children[name]
+            if child.is_dir:
+                subdirs.append(child)
+            elif child.is_reg:
+                out.append(child)
+        stack.extend(reversed(subdirs))
+    return out
+
+
+def _renumber_blobs(root: Node, sources: list[BlobEntry]) -> list[BlobEntry]:
+    order: dict[int, int] = {}
+    seen: set[int] = set()
+    for node in _walk_files(root):
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for ch in node.chunks:
+            if ch.blob_index not in order:
+                order[ch.blob_index] = len(order)
+    blobs = []
+    for src_index, new_index in sorted(order.items(), key=lambda kv: kv[1]):
+        blobs.append(dataclasses.replace(sources[src_index], blob_index=new_index))
+    seen.clear()
+    for node in _walk_files(root):
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for ch in node.chunks:
+            ch.blob_index = order[ch.blob_index]
+    return blobs
