@@ -470,3 +470,22 @@ def test_referrers_fall_back_to_tag_schema(registry_plain: RegistryServer) -> No
         assert client.referrers(host, repo, subject_digest, artifact_type)["manifests"] == index["manifests"]
         assert client.referrers(host, repo, subject_digest, "application/other")["manifests"] == []
         assert "sha256-" + digests.hex_part(subject_digest) in client.list_tags(host, repo)
+
+
+def test_blobs_larger_than_a_manifest_limit(registry_plain: RegistryServer) -> None:
+    """HEAD answers carry the blob's size but no body; ranged reads return exactly the asked bytes."""
+    data = os.urandom(9 << 20)
+    digest = digests.of_bytes(data)
+    repo = new_repo("large")
+    with make_client(registry_plain) as client:
+        assert not client.blob_exists(registry_plain.host, repo, digest)
+        client.push_blob(registry_plain.host, repo, digest, len(data), lambda: io.BytesIO(data))
+        assert client.blob_exists(registry_plain.host, repo, digest)
+        assert (
+            client.push_blob(registry_plain.host, repo, digest, len(data), lambda: io.BytesIO(data))
+            == "exists"
+        )
+        tail = client.read_blob_range(registry_plain.host, repo, digest, len(data) - 1000, 1000)
+        middle = client.read_blob_range(registry_plain.host, repo, digest, 5 << 20, 4096)
+    assert tail == data[-1000:]
+    assert middle == data[5 << 20 : (5 << 20) + 4096]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import shutil
 import subprocess
 import tarfile
@@ -475,3 +476,56 @@ def _stage_dir(layout: OCILayout, desc: Descriptor, dest: Path) -> Path:
     else:
         image(desc.digest, "manifest.json")
     return dest
+
+
+def build_tree_image(
+    dest: Path,
+    trees: Sequence[tuple[Path, Sequence[str]]],
+    *,
+    tag: str = "latest",
+    compression: Compression = "gzip",
+    level: int = 1,
+) -> BuiltImage:
+    """An image with one layer per ``(root, relative paths)``: real files from this machine (GNU tar
+    format, as build tools write), for benchmarks that need realistic layers of a given size."""
+    layout = _prepare(dest)
+
+    def writer(root: Path, names: Sequence[str]) -> Callable[[BinaryIO], None]:
+        def write(out: BinaryIO) -> None:
+            with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for name in names:
+                    tar.add(root / name, arcname=name, recursive=False)
+
+        return write
+
+    layers = [_write_layer(layout, "oci", compression, writer(root, names), level) for root, names in trees]
+    history: list[dict[str, object]] = [{"created_by": f"layer {i}"} for i in range(len(layers))]
+    image = _write_image(layout, "oci", layers, Platform("linux", "amd64"), history)
+    layout.tag(image.descriptor, tag)
+    return BuiltImage(dest, tag, layout.resolve(tag), [image])
+
+
+def pick_files(root: Path, size: int, skip: int = 0) -> list[str]:
+    """Relative paths of regular files (and their directories) under ``root`` adding up to about ``size``
+    bytes, after skipping the first ``skip`` bytes' worth in sorted walk order (for disjoint picks)."""
+    names: list[str] = []
+    seen = 0
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        dir_added = False
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            if path.is_symlink() or not path.is_file():
+                continue
+            length = path.stat().st_size
+            seen += length
+            if seen <= skip:
+                continue
+            if not dir_added and rel_dir != ".":
+                names.append(rel_dir)
+                dir_added = True
+            names.append(os.path.join(rel_dir, filename) if rel_dir != "." else filename)
+            if seen - skip >= size:
+                return names
+    return names

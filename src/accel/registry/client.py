@@ -298,7 +298,8 @@ class RegistryClient:
         response = self._open(op, method, url, ok=ok, **kw)
         with closing(response):
             try:
-                content = _read_limited(response, MAX_MANIFEST_SIZE, op.what)
+                # A HEAD answer has no body; its Content-Length is the size of the blob or manifest.
+                content = b"" if method == "HEAD" else _read_limited(response, MAX_MANIFEST_SIZE, op.what)
             except _NETWORK_ERRORS as exc:
                 raise RetryableError(f"{method} {op.what}: {_describe_exc(exc)}") from None
         return _Reply(response.status_code, response.headers, str(response.url), content)
