@@ -89,8 +89,14 @@ def start_containerd(root: Path) -> Containerd:
         "version = 2\n"
         f'root = "{root / "root"}"\n'
         f'state = "{root / "state"}"\n'
-        f'[grpc]\n  address = "{root / "containerd.sock"}"\n'
         'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{root / "containerd.sock"}"\n'
+        # Garbage collection would remove the read-only views the tests create without a lease.
+        '[plugins."io.containerd.gc.v1.scheduler"]\n'
+        "  deletion_threshold = 0\n"
+        "  mutation_threshold = 1000000000\n"
+        '  schedule_delay = "0s"\n'
+        '  startup_delay = "1h"\n'
     )
     log = (root / "containerd.log").open("wb")
     process = subprocess.Popen([CONTAINERD, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
