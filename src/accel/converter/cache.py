@@ -9,6 +9,9 @@ and converting the source layer.
 Entries live in SQLite under ``provider.work_dir`` (shared safely by acceld and accelctl) and are bounded
 by ``provider.cache_size``, least recently used evicted. The cache is a hint, never trusted blindly: the
 converter checks that the blob still exists before using an entry and drops entries whose blob vanished.
+
+``RemoteCache`` is upstream's cache image in the registry (``rules[].cache_tag``), shared by instances and
+surviving a lost work_dir; ``CacheSession`` is one conversion's use of both.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from accel.drivers.base import CachedLayer
+from accel.content import ContentStore
+from accel.converter.repositories import ImageRepository, LayoutRepository, RegistryRepository
+from accel.drivers.base import CachedLayer, Driver, LayerDriver
 from accel.errors import AccelError, NotFoundError
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
+from accel.oci.layout import OCILayout
 from accel.oci.manifest import Descriptor, Index, Manifest, parse_manifest
 from accel.oci.platform import Platform
+from accel.oci.reference import LayoutReference, parse_image_ref
 from accel.registry import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -274,3 +281,131 @@ def _same_platform(a: Platform | None, b: Platform | None) -> bool:
     if a is None or b is None:
         return a is b
     return a.normalized() == b.normalized()
+
+
+class CacheSession:
+    """One conversion's use of the caches: lookups verified against where blobs really are, what to
+    record once the result is pushed, and where cached blobs can be mounted or pulled from."""
+
+    def __init__(
+        self,
+        local: LayerCache | None,
+        remote: RemoteCache | None,
+        store: ContentStore,
+        target: ImageRepository,
+        client: RegistryClient,
+        driver: Driver,
+    ) -> None:
+        self.local = local
+        self.remote = remote if isinstance(driver, LayerDriver) else None
+        self.store = store
+        self.target = target
+        self.client = client
+        self.driver = driver
+        self.hits = 0
+        self.misses = 0
+        self.origins: dict[str, ImageRepository] = {}
+        """Blobs that are neither in the store nor in the source, and the repository holding each."""
+        self._lock = threading.Lock()
+        self._new: list[tuple[str, str, CachedLayer]] = []
+        self._reused: list[tuple[str, str]] = []
+        self._results: dict[str, CachedLayer] = {}
+
+    def lookup(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+        if self.local is None and self.remote is None:
+            return None
+        found = self._local_hit(layer, driver_key) or self._remote_hit(layer, driver_key)
+        with self._lock:
+            if found is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._results[layer.digest] = found
+        return found
+
+    def remember(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
+        with self._lock:
+            self._results[layer.digest] = converted
+            if self.local is not None:
+                self._new.append((layer.digest, driver_key, converted))
+
+    def record(self, images: list[tuple[Platform | None, list[str]]]) -> None:
+        """After a successful push (``images``: each converted image's platform and source layers): the
+        converted blobs now live in the target too."""
+        if self.remote is not None:
+            for platform, sources in images:
+                layers = [(d, self._results[d]) for d in sources if d in self._results]
+                try:
+                    self.remote.update(platform, layers)
+                except AccelError as exc:  # the conversion succeeded; the shared cache is best effort
+                    log.warning("remote cache %s not updated: %s", self.remote.tag, exc)
+        if self.local is None:
+            return
+        location = self.target.location
+        for layer_digest, key, converted in self._new:
+            self.local.put(
+                layer_digest, key, converted.descriptor, converted.diff_id, converted.extra, [location]
+            )
+        for layer_digest, key in self._reused:
+            self.local.add_location(layer_digest, key, location)
+
+    def _local_hit(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+        if self.local is None:
+            return None
+        entry = self.local.get(layer.digest, driver_key)
+        if entry is None:
+            return None
+        if not self._locate(entry.descriptor.digest, entry.locations):
+            log.info(
+                "layer cache: %s of %s vanished, converting again", entry.descriptor.digest, layer.digest
+            )
+            self.local.discard(layer.digest, driver_key)
+            return None
+        log.info("layer cache hit: %s -> %s", layer.digest, entry.descriptor.digest)
+        with self._lock:
+            self._reused.append((layer.digest, driver_key))
+        return CachedLayer(entry.descriptor, entry.diff_id, entry.extra)
+
+    def _remote_hit(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+        remote, driver = self.remote, self.driver
+        if remote is None or not isinstance(driver, LayerDriver):
+            return None
+        record = remote.lookup(layer.digest)
+        if record is None or not self.target.has_blob(record.digest):
+            return None
+        own = (UNCOMPRESSED, keys.NYDUS_SOURCE_DIGEST)
+        descriptor = record.replace(annotations={k: v for k, v in record.annotations.items() if k not in own})
+
+        def read_at(offset: int, length: int) -> bytes:
+            return self.client.read_blob_range(remote.host, remote.repository, record.digest, offset, length)
+
+        try:
+            extra = driver.recover_extra(descriptor, read_at)
+        except AccelError as exc:
+            log.warning("remote cache record %s unusable: %s", record.digest, exc)
+            return None
+        log.info("remote cache hit: %s -> %s", layer.digest, record.digest)
+        found = CachedLayer(descriptor, record.annotations[UNCOMPRESSED], extra)
+        self.remember(layer, driver_key, found)
+        return found
+
+    def _locate(self, digest: str, locations: list[str]) -> bool:
+        """Whether the blob can be had: in the store, in the target, or from a place it was seen."""
+        if self.store.has(digest) or self.target.has_blob(digest):
+            return True
+        for location in locations:
+            repository = self._repository_at(location)
+            if repository is not None and repository.has_blob(digest):
+                with self._lock:
+                    self.origins[digest] = repository
+                return True
+        return False
+
+    def _repository_at(self, location: str) -> ImageRepository | None:
+        # Only places on the target's own registry (mountable, and configured) or local layouts.
+        ref = parse_image_ref(location)
+        if isinstance(ref, LayoutReference):
+            return LayoutRepository(ref) if OCILayout(ref.path).exists() else None
+        if isinstance(self.target, RegistryRepository) and ref.host == self.target.host:
+            return RegistryRepository(self.client, ref)
+        return None

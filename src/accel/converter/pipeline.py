@@ -23,21 +23,19 @@ from typing import BinaryIO, TypeVar
 
 from accel.config import Config
 from accel.content import BlobWriter, ContentStore, Lease
-from accel.converter.cache import UNCOMPRESSED, LayerCache, RemoteCache
+from accel.converter.cache import CacheSession, LayerCache, RemoteCache
 from accel.converter.progress import ConversionResult, Counters, Progress, SourceInspection
 from accel.converter.repositories import (
     ImageRepository,
-    LayoutRepository,
     RegistryRepository,
     open_repository,
 )
 from accel.converter.rules import target_reference
 from accel.drivers import Driver, create_driver
-from accel.drivers.base import CachedLayer, ConvertedImage, LayerDriver, SourceImage
-from accel.errors import AccelError, CanceledError, ConversionError, NotFoundError
+from accel.drivers.base import CachedLayer, ConvertedImage, SourceImage
+from accel.errors import CanceledError, ConversionError, NotFoundError
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
-from accel.oci.layout import OCILayout
 from accel.oci.manifest import Descriptor, ImageConfig, Index, Manifest, parse_manifest
 from accel.oci.platform import Platform, PlatformMatcher
 from accel.oci.reference import LayoutReference, Reference, parse_image_ref
@@ -219,16 +217,9 @@ class _Conversion:
         self.cancel = cancel
         self.notes: list[str] = []
         self._notes_lock = threading.Lock()
-        self.cache = converter.cache
-        self.cache_hits = 0
-        self.cache_misses = 0
-        # Where blobs that are neither in the store nor in the source can be mounted or pulled from
-        # (converted layers found through the cache).
-        self.origins: dict[str, ImageRepository] = {}
-        self.remembered: list[tuple[str, str, CachedLayer]] = []
-        self.reused: list[tuple[str, str]] = []
-        self.layer_results: dict[str, CachedLayer] = {}
-        self.remote = self._remote_cache()
+        self.caches = CacheSession(
+            converter.cache, self._remote_cache(), converter.store, target, converter.client, converter.driver
+        )
         self._pool = ThreadPoolExecutor(converter.layer_workers, thread_name_prefix="layer")
 
     # ------------------------------------------------------------------ DriverContext
@@ -274,11 +265,7 @@ class _Conversion:
     def _remote_cache(self) -> RemoteCache | None:
         config = self.converter.config
         tag = config.converter.cache_tag
-        if (
-            not tag
-            or not isinstance(self.target, RegistryRepository)
-            or not isinstance(self.driver, LayerDriver)
-        ):
+        if not tag or not isinstance(self.target, RegistryRepository):
             return None
         return RemoteCache(
             self.converter.client,
@@ -291,105 +278,10 @@ class _Conversion:
         )
 
     def cached_layer(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
-        if self.cache is None and self.remote is None:
-            return None
-        found = self._local_hit(layer, driver_key) or self._remote_hit(layer, driver_key)
-        with self._notes_lock:
-            if found is None:
-                self.cache_misses += 1
-            else:
-                self.cache_hits += 1
-                self.layer_results[layer.digest] = found
-        return found
-
-    def _local_hit(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
-        if self.cache is None:
-            return None
-        entry = self.cache.get(layer.digest, driver_key)
-        if entry is None:
-            return None
-        if not self._locate(entry.descriptor.digest, entry.locations):
-            log.info(
-                "layer cache: %s of %s vanished, converting again", entry.descriptor.digest, layer.digest
-            )
-            self.cache.discard(layer.digest, driver_key)
-            return None
-        log.info("layer cache hit: %s -> %s", layer.digest, entry.descriptor.digest)
-        with self._notes_lock:
-            self.reused.append((layer.digest, driver_key))
-        return CachedLayer(entry.descriptor, entry.diff_id, entry.extra)
-
-    def _remote_hit(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
-        if self.remote is None or not isinstance(self.driver, LayerDriver):
-            return None
-        record = self.remote.lookup(layer.digest)
-        if record is None or not self.target.has_blob(record.digest):
-            return None
-        diff_id = record.annotations[UNCOMPRESSED]
-        own = (UNCOMPRESSED, keys.NYDUS_SOURCE_DIGEST)
-        descriptor = record.replace(annotations={k: v for k, v in record.annotations.items() if k not in own})
-        remote = self.remote
-
-        def read_at(offset: int, length: int) -> bytes:
-            return remote.client.read_blob_range(
-                remote.host, remote.repository, record.digest, offset, length
-            )
-
-        try:
-            extra = self.driver.recover_extra(descriptor, read_at)
-        except AccelError as exc:
-            log.warning("remote cache record %s unusable: %s", record.digest, exc)
-            return None
-        log.info("remote cache hit: %s -> %s", layer.digest, record.digest)
-        found = CachedLayer(descriptor, diff_id, extra)
-        self.remember_layer(layer, driver_key, found)
-        return found
-
-    def _locate(self, digest: str, locations: list[str]) -> bool:
-        """Whether the blob can be had: in the store, in the target, or from a known place."""
-        if self.store.has(digest) or self.target.has_blob(digest):
-            return True
-        for location in locations:
-            repository = self._repository_at(location)
-            if repository is not None and repository.has_blob(digest):
-                with self._notes_lock:
-                    self.origins[digest] = repository
-                return True
-        return False
-
-    def _repository_at(self, location: str) -> ImageRepository | None:
-        # Only places on the target's own registry (mountable, and configured) or local layouts.
-        ref = parse_image_ref(location)
-        if isinstance(ref, LayoutReference):
-            return LayoutRepository(ref) if OCILayout(ref.path).exists() else None
-        if isinstance(self.target, RegistryRepository) and ref.host == self.target.host:
-            return RegistryRepository(self.converter.client, ref)
-        return None
+        return self.caches.lookup(layer, driver_key)
 
     def remember_layer(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
-        with self._notes_lock:
-            self.layer_results[layer.digest] = converted
-            if self.cache is not None:
-                self.remembered.append((layer.digest, driver_key, converted))
-
-    def _record_cache(self, pushables: list[_Pushable]) -> None:
-        """After a successful push: the converted blobs now live in the target too."""
-        if self.remote is not None:
-            for p in pushables:
-                layers = [(d, self.layer_results[d]) for d in p.source_layers if d in self.layer_results]
-                try:
-                    self.remote.update(p.platform, layers)
-                except AccelError as exc:  # the conversion succeeded; the shared cache is best effort
-                    log.warning("remote cache %s not updated: %s", self.remote.tag, exc)
-        if self.cache is None:
-            return
-        location = self.target.location
-        for layer_digest, key, converted in self.remembered:
-            self.cache.put(
-                layer_digest, key, converted.descriptor, converted.diff_id, converted.extra, [location]
-            )
-        for layer_digest, key in self.reused:
-            self.cache.add_location(layer_digest, key, location)
+        self.caches.remember(layer, driver_key, converted)
 
     @property
     def scratch_dir(self) -> str:
@@ -409,7 +301,7 @@ class _Conversion:
                 return
             self.check_canceled()
             started = time.monotonic()
-            origin = self.origins.get(blob.digest, self.source)
+            origin = self.caches.origins.get(blob.digest, self.source)
             with self.store.writer(blob.digest, blob.size, lease=self.lease) as sink:
                 origin.fetch_blob(blob, sink, lambda n: self.counters.advance("pull", n))
                 sink.commit()
@@ -439,7 +331,7 @@ class _Conversion:
             push_started = time.monotonic()
             target_digest = self._push(top, pushables, target_tag) or source_digest
             self.counters.add_time("push", time.monotonic() - push_started)
-            self._record_cache(pushables)
+            self.caches.record([(p.platform, p.source_layers) for p in pushables])
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         return ConversionResult(
@@ -456,8 +348,8 @@ class _Conversion:
             bytes_out=self.counters.bytes["push"],
             notes=list(self.notes),
             platforms=[str(p.platform) for p in pushables if p.platform is not None],
-            cache_hits=self.cache_hits,
-            cache_misses=self.cache_misses,
+            cache_hits=self.caches.hits,
+            cache_misses=self.caches.misses,
         )
 
     def _convert_manifest(
@@ -604,13 +496,13 @@ class _Conversion:
         def open_source() -> BinaryIO:
             if not self.store.has(blob.digest):
                 # A layout source is already a local file: upload from it instead of copying it first.
-                local = self.origins.get(blob.digest, self.source).open_local(blob.digest)
+                local = self.caches.origins.get(blob.digest, self.source).open_local(blob.digest)
                 if local is not None:
                     return local
             self.ensure_local(blob)
             return self.store.open(blob.digest)
 
-        origin = self.origins.get(blob.digest, self.source)
+        origin = self.caches.origins.get(blob.digest, self.source)
         outcome = self.target.push_blob(blob, open_source, origin, lambda n: self.counters.advance("push", n))
         log.debug("blob %s: %s", blob.digest, outcome)
 
