@@ -157,6 +157,8 @@ class ServerConfig(_Strict):
     port: int = Field(default=2077, ge=0, le=65535)
     uds: str = ""
     api_token: str = Field(default="", repr=False)
+    task_retention: float = Field(default=86400.0, gt=0)  # seconds finished tasks are kept
+    shutdown_grace: float = Field(default=30.0, ge=0)  # seconds in-flight conversions may finish on stop
 
     @field_validator("port", mode="before")
     @classmethod

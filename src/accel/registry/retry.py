@@ -88,13 +88,11 @@ class RetryPolicy:
             except RetryableError as exc:
                 if exc.progressed:
                     failures = 0
+                # Reasons raised by the client already start with what they were doing.
+                reason = exc.reason if exc.reason.startswith(what) else f"{what}: {exc.reason}"
                 if failures >= self.max_retries:
-                    raise TransientRegistryError(
-                        f"{what}: {exc.reason} (gave up after {total} attempts)"
-                    ) from None
+                    raise TransientRegistryError(f"{reason} (gave up after {total} attempts)") from None
                 wait = self.delay(failures, exc.retry_after)
-                log.info(
-                    "%s: %s; retry %d/%d in %.2fs", what, exc.reason, failures + 1, self.max_retries, wait
-                )
+                log.info("%s; retry %d/%d in %.2fs", reason, failures + 1, self.max_retries, wait)
                 failures += 1
                 self.sleep(wait)

@@ -99,3 +99,12 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 42, usegmt=True), now=now) == 0.0
     for bad in (None, "", "soon", "-1", "1.5"):
         assert parse_retry_after(bad) is None
+
+
+def test_reasons_that_name_the_operation_are_not_prefixed_twice() -> None:
+    def attempt() -> None:
+        raise RetryableError("GET manifest h/r:t: ConnectError")
+
+    with pytest.raises(TransientRegistryError) as info:
+        policy([]).call(attempt, "GET manifest h/r:t")
+    assert str(info.value) == "GET manifest h/r:t: ConnectError (gave up after 4 attempts)"

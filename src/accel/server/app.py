@@ -1,0 +1,401 @@
+"""The FastAPI application: Harbor webhook intake, task API, health and metrics.
+
+The webhook handler never contacts a registry: it authenticates, parses, writes PENDING records and answers.
+All registry work happens in the engine's workers, so Harbor's 3 s timeout is never at risk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from accel.config import Config
+from accel.errors import AccelError
+from accel.metrics import CONTENT_TYPE_LATEST, Metrics
+from accel.server import auth
+from accel.server.payload import (
+    CloudEvent,
+    HarborEvent,
+    Reference,
+    Resource,
+    child_manifest,
+    parse_event,
+    parse_reference,
+)
+from accel.tasks import Task, TaskEngine, TaskStatus
+
+log = logging.getLogger("accel.server")
+
+MAX_BODY = 1024 * 1024
+ENQUEUE_TIMEOUT = 2.5
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_Scope = MutableMapping[str, Any]
+_Message = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[_Message]]
+_Send = Callable[[_Message], Awaitable[None]]
+_ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class TaskView(BaseModel):
+    id: str
+    created: str
+    started: str | None
+    finished: str | None
+    source: str
+    target: str
+    source_digest: str
+    target_digest: str
+    driver: str
+    source_size: int
+    target_size: int
+    status: Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"]
+    reason: str
+    attempts: int
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorBody, "description": "error"} for s in statuses}
+
+
+def _view(task: Task) -> dict[str, Any]:
+    return task.to_dict()
+
+
+class _Observe:
+    """Pure ASGI middleware: HTTP metrics (upstream's names) and one log line per request."""
+
+    def __init__(self, app: _ASGIApp, metrics: Metrics, host: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.host = host
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        begin = time.perf_counter()
+        state = {"status": 500, "size": 0}
+
+        async def counting_send(message: _Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                state["size"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            elapsed = time.perf_counter() - begin
+            route = scope.get("route")
+            url = getattr(route, "path", None) or "/*"
+            headers = dict(scope.get("headers") or [])
+            # Host and method come from the client: unbounded label values would let anyone grow the
+            # registry without limit, so they are reduced to a fixed set.
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            labels = (str(state["status"]), method, self.host, url)
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.request_duration.labels(*labels).observe(elapsed)
+            self.metrics.response_size.labels(*labels).observe(state["size"])
+            length = headers.get(b"content-length", b"0")
+            self.metrics.request_size.labels(*labels).observe(int(length) if length.isdigit() else 0)
+            quiet = url in ("/metrics", "/api/v1/health")
+            client = scope.get("client")
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope.get("path", ""),
+                    "status": state["status"],
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": client[0] if client else "unix",
+                },
+            )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _TooLarge(AccelError):
+    code = "ERR_ILLEGAL_PARAMETER"
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+
+
+def _client_host(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def create_app(
+    config: Config,
+    engine: TaskEngine,
+    metrics: Metrics,
+    *,
+    manage_engine: bool = True,
+    shutdown_grace: float = 30.0,
+    max_body: int = MAX_BODY,
+) -> FastAPI:
+    """Build the app. With ``manage_engine`` the lifespan starts the engine and shuts it down gracefully."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_engine:
+            engine.start()
+        try:
+            yield
+        finally:
+            if manage_engine:
+                log.info(
+                    "shutting down: no new tasks, waiting for running conversions",
+                    extra={"grace": shutdown_grace},
+                )
+                clean = await run_in_threadpool(engine.shutdown, shutdown_grace)
+                if not clean:
+                    log.warning("some conversions did not stop in time; they run again at the next start")
+
+    app = FastAPI(
+        title="acceleration-service",
+        version="0.1.0",
+        description="Converts OCI images pushed to Harbor into lazy-pulling formats.",
+        lifespan=lifespan,
+    )
+    listen = (
+        f"unix:{config.server.uds}" if config.server.uds else f"{config.server.host}:{config.server.port}"
+    )
+    app.add_middleware(_Observe, metrics=metrics, host=listen)
+
+    @app.exception_handler(AccelError)
+    async def _accel_error(_: Request, exc: AccelError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+        return _error(400, "ERR_ILLEGAL_PARAMETER", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            response = _error(404, "ERR_INVALID_ENDPOINT", "Endpoint not found")
+        elif exc.status_code == 405:
+            response = _error(405, "ERR_METHOD_NOT_ALLOWED", "Method not allowed")
+        else:
+            response = _error(exc.status_code, "ERR_HTTP", str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; GET and POST are separate routes.
+            response.headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
+        return response
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error", exc_info=exc)
+        return _error(500, "ERR_INTERNAL", "internal error")
+
+    def _require_api(request: Request) -> None:
+        auth.check_api(config, request.headers.get("authorization"), _client_host(request))
+
+    @app.post(
+        "/api/v1/conversions",
+        response_model=str,
+        responses=_errors(400, 401, 413, 500, 503),
+        summary="Receive a Harbor PUSH_ARTIFACT webhook (Default or CloudEvents format)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/HarborEvent"}},
+                    "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
+                },
+            }
+        },
+    )
+    async def create_conversions(request: Request, sync: bool = False) -> Response:
+        header = request.headers.get("authorization")
+        if not auth.webhook_caller_known(config, header):
+            metrics.webhook_events.labels("rejected").inc()
+            raise auth.AuthError("missing or invalid Authorization header")
+        body = await _read_body(request, max_body)
+        event = parse_event(body, request.headers.get("content-type", ""))
+        if not event.push:
+            log.info("ignored event", extra={"type": event.type[:100]})
+            metrics.webhook_events.labels("ignored").inc()
+            return JSONResponse("Ok")
+        checked: list[tuple[Resource, Reference]] = []
+        for resource in event.resources:
+            ref = parse_reference(resource.resource_url)
+            auth.check_webhook_host(config, header, ref.host)
+            checked.append((resource, ref))
+        try:
+            # Harbor gives up after 3 s; a stuck database must cost a retried delivery, not a lost one.
+            ids = await asyncio.wait_for(
+                run_in_threadpool(_enqueue, config, engine, metrics, event.operator, checked), ENQUEUE_TIMEOUT
+            )
+        except TimeoutError:
+            log.warning("task store too slow; asking the sender to retry")
+            return _error(503, "ERR_UNAVAILABLE", "task store busy, retry later")
+        headers = {"X-Accel-Tasks": ",".join(ids)} if ids else {}
+        if sync and ids:
+            tasks = await run_in_threadpool(engine.wait, ids, None)
+            failed = [t for t in tasks if t.status in (TaskStatus.FAILED, TaskStatus.CANCELED)]
+            if failed:
+                reasons = "; ".join(f"{t.source}: {t.reason}" for t in failed)
+                return JSONResponse(
+                    {"code": "ERR_CONVERT_FAILED", "message": reasons}, status_code=500, headers=headers
+                )
+            if any(t.status.active for t in tasks):
+                return JSONResponse(
+                    {"code": "ERR_UNAVAILABLE", "message": "service stopping; the task stays queued"},
+                    status_code=503,
+                    headers=headers,
+                )
+        return JSONResponse("Ok", headers=headers)
+
+    @app.get("/api/v1/conversions", response_model=list[TaskView], responses=_errors(400, 401, 403))
+    def list_conversions(
+        request: Request,
+        status: TaskStatus | None = None,
+        limit: int = Query(1000, ge=1, le=100_000),
+    ) -> Response:
+        """Tasks, newest first."""
+        _require_api(request)
+        return JSONResponse([_view(t) for t in engine.list_tasks(limit=limit, status=status)])
+
+    @app.get("/api/v1/conversions/{task_id}", response_model=TaskView, responses=_errors(401, 403, 404))
+    def show_conversion(request: Request, task_id: str) -> Response:
+        _require_api(request)
+        return JSONResponse(_view(engine.get(task_id)))
+
+    @app.post(
+        "/api/v1/conversions/{task_id}/cancel", response_model=TaskView, responses=_errors(401, 403, 404, 409)
+    )
+    def cancel_conversion(request: Request, task_id: str) -> Response:
+        """Cancel a PENDING task, or ask a PROCESSING one to stop at its next check."""
+        _require_api(request)
+        return JSONResponse(_view(engine.cancel(task_id)))
+
+    @app.post(
+        "/api/v1/conversions/{task_id}/retry", response_model=TaskView, responses=_errors(401, 403, 404, 409)
+    )
+    def retry_conversion(request: Request, task_id: str) -> Response:
+        """Queue a FAILED or CANCELED task again."""
+        _require_api(request)
+        return JSONResponse(_view(engine.retry(task_id)))
+
+    @app.get(
+        "/api/v1/health",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(500)},
+    )
+    def health() -> Response:
+        if not engine.healthy():
+            return _error(500, "ERR_UNHEALTHY", "task store or workers unavailable")
+        return PlainTextResponse("Ok")
+
+    if config.metric.enabled:
+
+        @app.get(
+            "/metrics",
+            response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        )
+        def prometheus() -> Response:
+            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            _, defs = models_json_schema(
+                [(HarborEvent, "validation"), (CloudEvent, "validation")],
+                ref_template="#/components/schemas/{model}",
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    methods: set[str] = set()
+    for route in app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def _enqueue(
+    config: Config,
+    engine: TaskEngine,
+    metrics: Metrics,
+    operator: str,
+    resources: list[tuple[Resource, Reference]],
+) -> list[str]:
+    ids: list[str] = []
+    for resource, ref in resources:
+        source = resource.resource_url
+        reason = _skip_reason(config, operator, resource, ref)
+        if reason:
+            metrics.webhook_events.labels("ignored").inc()
+            log.info("ignored resource", extra={"source": source, "reason": reason})
+            continue
+        digest = resource.digest if resource.digest.startswith("sha256:") else ref.digest
+        submitted = engine.submit(source, digest=digest)
+        metrics.webhook_events.labels("merged" if submitted.merged else "queued").inc()
+        log.info(
+            "merged into queued task" if submitted.merged else "task queued",
+            extra={"task": submitted.task.id, "source": source, "operator": operator},
+        )
+        ids.append(submitted.task.id)
+    return ids
+
+
+def _skip_reason(config: Config, operator: str, resource: Resource, ref: Reference) -> str:
+    if child_manifest(resource, ref):
+        return "digest-only reference (child manifest of a multi-arch push)"
+    source = auth.find_source(config, ref.host)
+    if operator and source is not None and source.auth:
+        user, _ = source.credentials(ref.host) or ("", "")
+        if operator == user:
+            return f"pushed by the service's own account {operator!r}"
+    # Our own outputs are recognised by the worker (Converter.inspect), which records why they were skipped.
+    return ""

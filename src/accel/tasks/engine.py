@@ -1,0 +1,455 @@
+"""The task engine: durable queue, bounded worker pool, dedup, retries, cancel and graceful shutdown.
+
+Every request only writes a PENDING record; worker threads (``converter.worker`` of them) claim tasks from
+the store and run inspect → convert. Duplicates are merged twice: at submit by reference string (a PENDING
+task for the same reference will resolve the tag later anyway), and after inspect by (source digest, driver
+key, target) — a task whose twin is already converting waits for it and then finds the target up to date.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Protocol
+
+from accel.errors import AccelError, CanceledError
+from accel.metrics import Metrics
+from accel.tasks.model import Task, TaskNotFoundError, TaskStateError, TaskStatus, utcnow
+from accel.tasks.store import TaskStore
+
+log = logging.getLogger("accel.tasks")
+
+# How long a task waits for a twin (same digest) before looking again; the twin's end releases it earlier.
+_TWIN_WAIT = 600.0
+_PURGE_EVERY = 60.0
+
+
+class Inspection(Protocol):
+    @property
+    def digest(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def converted_by_us(self) -> str | None: ...
+    @property
+    def existing_target_digest(self) -> str | None: ...
+
+
+class Result(Protocol):
+    @property
+    def target(self) -> str: ...
+    @property
+    def target_digest(self) -> str: ...
+    @property
+    def source_size(self) -> int: ...
+    @property
+    def target_size(self) -> int: ...
+    @property
+    def timings(self) -> Mapping[str, float]: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+
+
+class ConverterLike(Protocol):
+    """The part of :class:`accel.converter.Converter` the engine uses (must be safe to call from threads)."""
+
+    @property
+    def driver_name(self) -> str: ...
+    def driver_key(self) -> str: ...
+    def inspect(self, source: str) -> Inspection: ...
+    def convert(
+        self, source: str, *, target: str | None = None, cancel: threading.Event | None = None
+    ) -> Result: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded attempts with exponential backoff for transient errors."""
+
+    max_attempts: int = 5
+    backoff_initial: float = 2.0
+    backoff_max: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.backoff_initial * 2 ** max(attempt - 1, 0), self.backoff_max))
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task: Task
+    merged: bool  # True: an equivalent task was already queued; no new task was created
+
+
+class TaskEngine:
+    def __init__(
+        self,
+        store: TaskStore,
+        converter: ConverterLike,
+        *,
+        workers: int,
+        metrics: Metrics | None = None,
+        retry: RetryPolicy | None = None,
+        retention: timedelta = timedelta(hours=24),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.converter = converter
+        self.workers = max(1, workers)
+        self.metrics = metrics
+        self.retry_policy = retry or RetryPolicy()
+        self.retention = retention
+        self._clock = clock
+        self._driver_key = converter.driver_key()
+        self._lock = threading.Lock()
+        self._intake = threading.Condition()
+        self._unsaved: dict[str, Task] = {}  # accepted, being written by a group commit
+        self._batch: list[Task] = []
+        self._flushing = False
+        self._unsaved_errors: dict[str, BaseException] = {}
+        self._kick = threading.Event()
+        self._stopping = threading.Event()
+        self._shutdown_cancel = threading.Event()
+        self._done = threading.Condition()
+        self._running: dict[str, threading.Event] = {}
+        self._cancel_requested: set[str] = set()
+        self._inflight: dict[tuple[str, str, str], str] = {}
+        self._blocked: dict[str, list[str]] = {}
+        self._threads: list[threading.Thread] = []
+        self._last_purge = 0.0
+        if metrics is not None:
+            metrics.track_queue(lambda: float(self.store.count(TaskStatus.PENDING)), self._running_count)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        requeued, failed = self.store.requeue_interrupted(self.retry_policy.max_attempts)
+        if requeued or failed:
+            log.info("resumed interrupted tasks", extra={"requeued": requeued, "failed": failed})
+        self._purge()
+        for i in range(self.workers):
+            thread = threading.Thread(target=self._worker, name=f"accel-worker-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def shutdown(self, grace: float = 30.0) -> bool:
+        """Stop taking tasks; wait up to ``grace`` s for running ones, then cancel them back to PENDING.
+
+        Returns True when every worker finished in time.
+        """
+        self._stopping.set()
+        self._kick.set()
+        deadline = time.monotonic() + grace
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            log.warning("grace period over, interrupting running conversions")
+            self._shutdown_cancel.set()
+            with self._lock:
+                for event in self._running.values():
+                    event.set()
+            late = time.monotonic() + 5.0
+            for thread in self._threads:
+                thread.join(max(0.0, late - time.monotonic()))
+        clean = not any(t.is_alive() for t in self._threads)
+        with self._done:
+            self._done.notify_all()
+        return clean
+
+    def healthy(self) -> bool:
+        try:
+            self.store.ping()
+        except Exception:
+            return False
+        return self._stopping.is_set() or all(t.is_alive() for t in self._threads)
+
+    # -- API ---------------------------------------------------------------------------------------------
+
+    def submit(self, source: str, *, digest: str = "") -> Submitted:
+        """Queue a conversion of ``source``; ``digest`` is the pushed manifest digest if the caller knows it.
+
+        A PENDING task for the same reference absorbs the request (it has not resolved the tag yet). A
+        PROCESSING one does only when it already resolved exactly ``digest``; otherwise the push may be newer
+        than what it is converting, and a new task is queued so that no push is lost.
+        """
+        with self._intake:
+            task = next((t for t in self._unsaved.values() if t.source == source), None)
+            merged = task is not None
+            if task is None:
+                for active in self.store.find_active(source, self._driver_key):
+                    if active.status is TaskStatus.PENDING or (digest and active.source_digest == digest):
+                        return Submitted(active, merged=True)
+                task = Task(source=source, driver=self.converter.driver_name, driver_key=self._driver_key)
+                self._unsaved[task.id] = task
+                self._batch.append(task)
+            self._await_durable(task)
+        self._kick.set()
+        return Submitted(task, merged=merged)
+
+    def _await_durable(self, task: Task) -> None:
+        """Group commit: one waiting caller writes every queued new task with one fsync; the others wait.
+
+        Called with ``self._intake`` held. Under a burst of webhooks this turns N serial fsyncs into a few.
+        """
+        while task.id in self._unsaved:
+            if self._batch and not self._flushing:
+                batch, self._batch = self._batch, []
+                self._flushing = True
+                self._intake.release()
+                error: BaseException | None = None
+                try:
+                    self.store.add_many(batch)
+                except BaseException as exc:
+                    error = exc
+                finally:
+                    self._intake.acquire()
+                    self._flushing = False
+                for item in batch:
+                    del self._unsaved[item.id]
+                    if error is not None:
+                        self._unsaved_errors[item.id] = error
+                self._intake.notify_all()
+            else:
+                self._intake.wait()
+        error = self._unsaved_errors.get(task.id)
+        if error is not None:
+            raise error
+
+    def get(self, task_id: str) -> Task:
+        task = self.store.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(f"task {task_id} not found")
+        return task
+
+    def list_tasks(self, *, limit: int = 1000, status: TaskStatus | None = None) -> list[Task]:
+        return self.store.list_tasks(limit=limit, status=status)
+
+    def cancel(self, task_id: str) -> Task:
+        """PENDING tasks are canceled at once; PROCESSING ones at the converter's next check."""
+        task = self.get(task_id)
+        if task.status is TaskStatus.PENDING:
+            task = replace(task, status=TaskStatus.CANCELED, reason="canceled on request", finished=utcnow())
+            if self.store.save_if(task, TaskStatus.PENDING):
+                self._finished(task)
+                return task
+            task = self.get(task_id)
+        if task.status is TaskStatus.PROCESSING:
+            with self._lock:
+                # Also remembered when the worker has claimed the task but not registered it yet.
+                self._cancel_requested.add(task_id)
+                event = self._running.get(task_id)
+                if event is not None:
+                    event.set()
+            return task
+        raise TaskStateError(f"task {task_id} is {task.status.value} and cannot be canceled")
+
+    def retry(self, task_id: str) -> Task:
+        """Queue a FAILED or CANCELED task again (same id, attempts start over)."""
+        task = self.get(task_id)
+        if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELED):
+            raise TaskStateError(
+                f"task {task_id} is {task.status.value}; only FAILED or CANCELED can be retried"
+            )
+        previous = task.status
+        task.status, task.reason, task.attempts, task.not_before = TaskStatus.PENDING, "", 0, 0.0
+        task.started = task.finished = None
+        if not self.store.save_if(task, previous):
+            raise TaskStateError(f"task {task_id} changed state meanwhile")
+        self._kick.set()
+        return task
+
+    def wait(self, task_ids: list[str], timeout: float | None = None) -> list[Task]:
+        """Block until every task is final (or the timeout passes, or the engine stops)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._done:
+            while True:
+                tasks = [self.get(i) for i in task_ids]
+                if all(t.status.final for t in tasks) or self._stopping.is_set():
+                    return tasks
+                remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+                if remaining <= 0:
+                    return tasks
+                self._done.wait(remaining)
+
+    # -- workers -----------------------------------------------------------------------------------------
+
+    def _running_count(self) -> float:
+        with self._lock:
+            return float(len(self._running))
+
+    def _worker(self) -> None:
+        while not self._stopping.is_set():
+            self._kick.clear()
+            try:
+                task = self.store.claim_next(self._clock())
+            except Exception:
+                log.exception("cannot read the task store")
+                self._stopping.wait(1.0)
+                continue
+            if task is None:
+                self._kick.wait(self._idle_timeout())
+                continue
+            try:
+                self._process(task)
+            except Exception:
+                # Only the store can fail here; the task stays PROCESSING and runs again after a restart.
+                log.exception("cannot record task state", extra={"task": task.id})
+            if self._clock() - self._last_purge > _PURGE_EVERY:
+                self._purge()
+
+    def _idle_timeout(self) -> float:
+        try:
+            wake = self.store.next_wakeup()
+        except Exception:
+            return 1.0
+        if wake is None:
+            return 5.0
+        return max(0.01, min(5.0, wake - self._clock()))
+
+    def _purge(self) -> None:
+        self._last_purge = self._clock()
+        try:
+            removed = self.store.purge_finished(utcnow() - self.retention)
+        except Exception:
+            log.exception("cannot purge old tasks")
+            return
+        if removed:
+            log.info("purged finished tasks", extra={"count": removed})
+
+    def _process(self, task: Task) -> None:
+        cancel = threading.Event()
+        with self._lock:
+            self._running[task.id] = cancel
+            if task.id in self._cancel_requested:
+                cancel.set()
+        task.attempts += 1
+        task.started = task.started or utcnow()
+        task.reason = ""
+        self.store.save(task)
+        log.info("task started", extra={"task": task.id, "source": task.source, "attempt": task.attempts})
+        try:
+            self._run(task, cancel)
+            if task.status is TaskStatus.PENDING and task.id in self._cancel_requested:
+                self._finish(task, TaskStatus.CANCELED, "canceled on request")  # canceled while deferred
+        except CanceledError:
+            if self._shutdown_cancel.is_set() and task.id not in self._cancel_requested:
+                task.attempts -= 1
+                self._requeue(task, 0.0, "interrupted by shutdown; will run again")
+            else:
+                self._finish(task, TaskStatus.CANCELED, "canceled on request")
+        except AccelError as exc:
+            if (
+                exc.transient
+                and task.attempts < self.retry_policy.max_attempts
+                and not self._stopping.is_set()
+            ):
+                delay = self.retry_policy.delay(task.attempts)
+                if self.metrics is not None:
+                    self.metrics.task_retries.inc()
+                self._requeue(task, self._clock() + delay, f"attempt {task.attempts} failed: {exc.message}")
+                log.warning(
+                    "transient error, will retry",
+                    extra={"task": task.id, "source": task.source, "error": exc.message, "retry_in": delay},
+                )
+            elif exc.transient and self._stopping.is_set():
+                self._requeue(task, 0.0, f"attempt {task.attempts} failed: {exc.message}")
+            else:
+                self._finish(task, TaskStatus.FAILED, exc.message)
+        except Exception as exc:
+            log.exception("unexpected error", extra={"task": task.id, "source": task.source})
+            self._finish(task, TaskStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._running.pop(task.id, None)
+                self._cancel_requested.discard(task.id)
+
+    def _run(self, task: Task, cancel: threading.Event) -> None:
+        inspection = self.converter.inspect(task.source)
+        if cancel.is_set():
+            raise CanceledError("canceled")
+        task.source_digest, task.target = inspection.digest, inspection.target
+        if inspection.converted_by_us:
+            self._finish(task, TaskStatus.COMPLETED, f"ignored: {inspection.converted_by_us}")
+            return
+        if inspection.existing_target_digest:
+            task.target_digest = inspection.existing_target_digest
+            self._finish(task, TaskStatus.COMPLETED, "target already converted from this source digest")
+            return
+        key = (inspection.digest, self._driver_key, inspection.target)
+        with self._lock:
+            owner = self._inflight.get(key)
+            if owner is not None:
+                task.attempts -= 1
+                self._blocked.setdefault(owner, []).append(task.id)
+                self._requeue(
+                    task, self._clock() + _TWIN_WAIT, f"waiting for task {owner} (same source digest)"
+                )
+                log.info("merged with a running task", extra={"task": task.id, "twin": owner})
+                return
+            self._inflight[key] = task.id
+        self.store.save(task)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.op_total.labels("convert").inc()
+        begin = time.monotonic()
+        try:
+            result = self.converter.convert(task.source, target=inspection.target, cancel=cancel)
+        except BaseException:
+            if metrics is not None:
+                metrics.op_errors.labels("convert").inc()
+            raise
+        finally:
+            self._release_twins(key, task.id)
+        elapsed = time.monotonic() - begin
+        task.target, task.target_digest = result.target, result.target_digest
+        task.source_size, task.target_size = result.source_size, result.target_size
+        if metrics is not None:
+            metrics.op_duration.labels("convert").observe(result.timings.get("total", elapsed))
+            metrics.observe_conversion(dict(result.timings), result.bytes_in, result.bytes_out)
+        self._finish(task, TaskStatus.COMPLETED, "")
+
+    def _release_twins(self, key: tuple[str, str, str], task_id: str) -> None:
+        with self._lock:
+            if self._inflight.get(key) == task_id:
+                del self._inflight[key]
+            for twin_id in self._blocked.pop(task_id, []):
+                twin = self.store.get(twin_id)
+                if twin is not None and twin.status is TaskStatus.PENDING:
+                    twin.not_before = 0.0
+                    self.store.save(twin)
+        self._kick.set()
+
+    def _requeue(self, task: Task, not_before: float, reason: str) -> None:
+        task.status, task.not_before, task.reason = TaskStatus.PENDING, not_before, reason
+        self.store.save(task)
+        with self._done:
+            self._done.notify_all()
+
+    def _finish(self, task: Task, status: TaskStatus, reason: str) -> None:
+        task.status, task.reason, task.finished = status, reason, utcnow()
+        self.store.save(task)
+        self._finished(task)
+
+    def _finished(self, task: Task) -> None:
+        if self.metrics is not None:
+            self.metrics.tasks_finished.labels(task.status.value).inc()
+        level = logging.WARNING if task.status is TaskStatus.FAILED else logging.INFO
+        log.log(
+            level,
+            "task finished",
+            extra={
+                "task": task.id,
+                "source": task.source,
+                "status": task.status.value,
+                "target": task.target,
+                "target_digest": task.target_digest,
+                "reason": task.reason,
+            },
+        )
+        with self._done:
+            self._done.notify_all()

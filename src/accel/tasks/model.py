@@ -1,0 +1,93 @@
+"""The task record: one requested conversion of one source reference."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from accel.errors import AccelError
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def active(self) -> bool:
+        return self in (TaskStatus.PENDING, TaskStatus.PROCESSING)
+
+    @property
+    def final(self) -> bool:
+        return not self.active
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Task:
+    """A conversion task. ``driver_key`` and ``not_before`` are internal and not part of the JSON view."""
+
+    source: str
+    driver: str = ""
+    driver_key: str = ""
+    id: str = field(default_factory=new_task_id)
+    created: datetime = field(default_factory=utcnow)
+    started: datetime | None = None
+    finished: datetime | None = None
+    target: str = ""
+    source_digest: str = ""
+    target_digest: str = ""
+    source_size: int = 0
+    target_size: int = 0
+    status: TaskStatus = TaskStatus.PENDING
+    reason: str = ""
+    attempts: int = 0
+    # Unix time before which a PENDING task is not picked up (retry backoff, waiting for a duplicate).
+    not_before: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's task JSON (upstream's fields plus ours); timestamps are RFC 3339 UTC or null."""
+        data = asdict(self)
+        del data["driver_key"], data["not_before"]
+        for key in ("created", "started", "finished"):
+            data[key] = format_time(getattr(self, key))
+        data["status"] = self.status.value
+        return data
+
+
+class TaskNotFoundError(AccelError):
+    """No task has this id (or it was purged after its retention)."""
+
+    code = "ERR_NOT_FOUND"
+    status = 404
+
+
+class TaskStateError(AccelError):
+    """The operation does not apply to the task's current state (e.g. retrying a running task)."""
+
+    code = "ERR_CONFLICT"
+    status = 409

@@ -1,0 +1,270 @@
+"""Task persistence: a small interface and its SQLite implementation.
+
+The engine only talks to :class:`TaskStore`, so a shared database (several acceld instances) can replace
+SQLite later. Claiming is a compare-and-set on ``status`` so that two workers (or two instances) never run
+the same task.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from accel.tasks.model import Task, TaskStatus, format_time, parse_time
+
+_ACTIVE = (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
+_FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELED.value)
+
+_COLUMNS = (
+    "id",
+    "created",
+    "started",
+    "finished",
+    "source",
+    "target",
+    "source_digest",
+    "target_digest",
+    "driver",
+    "driver_key",
+    "source_size",
+    "target_size",
+    "status",
+    "reason",
+    "attempts",
+    "not_before",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    started TEXT,
+    finished TEXT,
+    source TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    source_digest TEXT NOT NULL DEFAULT '',
+    target_digest TEXT NOT NULL DEFAULT '',
+    driver TEXT NOT NULL DEFAULT '',
+    driver_key TEXT NOT NULL DEFAULT '',
+    source_size INTEGER NOT NULL DEFAULT 0,
+    target_size INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, not_before);
+CREATE INDEX IF NOT EXISTS tasks_source ON tasks (source, driver_key, status);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created);
+"""
+
+
+class TaskStore(Protocol):
+    """What the engine needs from a task database."""
+
+    def add(self, task: Task) -> None: ...
+    def add_many(self, tasks: list[Task]) -> None: ...
+    def save(self, task: Task) -> None: ...
+    def save_if(self, task: Task, expected: TaskStatus) -> bool: ...
+    def get(self, task_id: str) -> Task | None: ...
+    def list_tasks(self, *, limit: int = 1000, status: TaskStatus | None = None) -> list[Task]: ...
+    def find_active(self, source: str, driver_key: str) -> list[Task]: ...
+    def claim_next(self, now: float) -> Task | None: ...
+    def next_wakeup(self) -> float | None: ...
+    def requeue_interrupted(self, max_attempts: int) -> tuple[int, int]: ...
+    def count(self, status: TaskStatus) -> int: ...
+    def purge_finished(self, before: datetime) -> int: ...
+    def ping(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _to_row(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id,
+        format_time(task.created),
+        format_time(task.started),
+        format_time(task.finished),
+        task.source,
+        task.target,
+        task.source_digest,
+        task.target_digest,
+        task.driver,
+        task.driver_key,
+        task.source_size,
+        task.target_size,
+        task.status.value,
+        task.reason,
+        task.attempts,
+        task.not_before,
+    )
+
+
+def _from_row(row: sqlite3.Row) -> Task:
+    created = parse_time(row["created"])
+    assert created is not None
+    return Task(
+        id=row["id"],
+        created=created,
+        started=parse_time(row["started"]),
+        finished=parse_time(row["finished"]),
+        source=row["source"],
+        target=row["target"],
+        source_digest=row["source_digest"],
+        target_digest=row["target_digest"],
+        driver=row["driver"],
+        driver_key=row["driver_key"],
+        source_size=row["source_size"],
+        target_size=row["target_size"],
+        status=TaskStatus(row["status"]),
+        reason=row["reason"],
+        attempts=row["attempts"],
+        not_before=row["not_before"],
+    )
+
+
+class SQLiteTaskStore:
+    """Tasks in one SQLite file, in WAL mode.
+
+    New tasks are committed with ``synchronous=FULL`` (fsync before the webhook gets its 200, so an accepted
+    push survives even a power loss); status updates use NORMAL, which survives a process crash and costs no
+    fsync — losing one to a power cut only makes a task run again, and the idempotence check ends it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def add(self, task: Task) -> None:
+        self.add_many([task])
+
+    def add_many(self, tasks: list[Task]) -> None:
+        """Insert in one transaction with one fsync (the engine batches concurrent webhooks this way)."""
+        marks = ",".join("?" * len(_COLUMNS))
+        sql = f"INSERT INTO tasks ({','.join(_COLUMNS)}) VALUES ({marks})"
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(sql, [_to_row(t) for t in tasks])
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def save(self, task: Task) -> None:
+        sets = ",".join(f"{c}=?" for c in _COLUMNS[1:])
+        row = _to_row(task)
+        with self._lock:
+            self._db.execute(f"UPDATE tasks SET {sets} WHERE id=?", (*row[1:], row[0]))
+
+    def save_if(self, task: Task, expected: TaskStatus) -> bool:
+        """Save only if the stored status is still ``expected`` (a worker may have claimed it meanwhile)."""
+        sets = ",".join(f"{c}=?" for c in _COLUMNS[1:])
+        row = _to_row(task)
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE tasks SET {sets} WHERE id=? AND status=?", (*row[1:], row[0], expected.value)
+            )
+            return cur.rowcount == 1
+
+    def get(self, task_id: str) -> Task | None:
+        rows = self._query("SELECT * FROM tasks WHERE id=?", (task_id,))
+        return _from_row(rows[0]) if rows else None
+
+    def list_tasks(self, *, limit: int = 1000, status: TaskStatus | None = None) -> list[Task]:
+        if status is None:
+            rows = self._query("SELECT * FROM tasks ORDER BY created DESC, rowid DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                "SELECT * FROM tasks WHERE status=? ORDER BY created DESC, rowid DESC LIMIT ?",
+                (status.value, limit),
+            )
+        return [_from_row(r) for r in rows]
+
+    def find_active(self, source: str, driver_key: str) -> list[Task]:
+        rows = self._query(
+            "SELECT * FROM tasks WHERE source=? AND driver_key=? AND status IN (?,?) ORDER BY rowid",
+            (source, driver_key, *_ACTIVE),
+        )
+        return [_from_row(r) for r in rows]
+
+    def claim_next(self, now: float) -> Task | None:
+        with self._lock:
+            while True:
+                row = self._db.execute(
+                    "SELECT * FROM tasks WHERE status=? AND not_before<=? ORDER BY not_before, rowid LIMIT 1",
+                    (TaskStatus.PENDING.value, now),
+                ).fetchone()
+                if row is None:
+                    return None
+                # Compare-and-set: another instance sharing the database may have claimed it meanwhile.
+                cur = self._db.execute(
+                    "UPDATE tasks SET status=? WHERE id=? AND status=?",
+                    (TaskStatus.PROCESSING.value, row["id"], TaskStatus.PENDING.value),
+                )
+                if cur.rowcount == 1:
+                    task = _from_row(row)
+                    task.status = TaskStatus.PROCESSING
+                    return task
+
+    def next_wakeup(self) -> float | None:
+        rows = self._query("SELECT MIN(not_before) FROM tasks WHERE status=?", (TaskStatus.PENDING.value,))
+        value = rows[0][0]
+        return float(value) if value is not None else None
+
+    def requeue_interrupted(self, max_attempts: int) -> tuple[int, int]:
+        """After a restart: PROCESSING tasks go back to PENDING, or FAIL when they used up their attempts.
+
+        Every PENDING task becomes runnable at once (backoff deadlines and duplicate waits were in memory).
+        Returns (requeued, failed).
+        """
+        with self._lock:
+            failed = self._db.execute(
+                "UPDATE tasks SET status=?, reason=?, finished=? WHERE status=? AND attempts>=?",
+                (
+                    TaskStatus.FAILED.value,
+                    "interrupted too many times (the service stopped during every attempt)",
+                    format_time(datetime.now().astimezone()),
+                    TaskStatus.PROCESSING.value,
+                    max_attempts,
+                ),
+            ).rowcount
+            requeued = self._db.execute(
+                "UPDATE tasks SET status=?, not_before=0 WHERE status=?",
+                (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value),
+            ).rowcount
+            self._db.execute("UPDATE tasks SET not_before=0 WHERE status=?", (TaskStatus.PENDING.value,))
+        return requeued, failed
+
+    def count(self, status: TaskStatus) -> int:
+        return int(self._query("SELECT COUNT(*) FROM tasks WHERE status=?", (status.value,))[0][0])
+
+    def purge_finished(self, before: datetime) -> int:
+        with self._lock:
+            return self._db.execute(
+                "DELETE FROM tasks WHERE status IN (?,?,?) AND finished IS NOT NULL AND finished<?",
+                (*_FINAL, format_time(before)),
+            ).rowcount
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

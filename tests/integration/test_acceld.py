@@ -1,0 +1,402 @@
+"""acceld as a real process (``.venv/bin/acceld --config``), driven over HTTP like Harbor and accelctl do.
+
+These tests plug a scripted converter in (ACCELD_CONVERTER_FACTORY) so that process-level behaviour —
+latency, auth, dedup, crash recovery, signals, unix socket, logs — is tested without registry timing noise;
+test_acceld_registry.py runs the real converter against a real registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from accel.cli import tasks as accelctl
+from tests.unit.tasks.fake_converter import digest_of
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ACCELD = Path(sys.executable).parent / "acceld"
+SECRET = "hook-s3cret-value"
+TOKEN = "integration-token"
+HOST = "harbor.test"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def push_event(source: str, *, tag: str | None = None, digest: str | None = None) -> dict[str, Any]:
+    """A Default-format PUSH_ARTIFACT payload shaped exactly like spec section 1.4."""
+    name = source.split("@")[0]
+    repo_full = name.split("/", 1)[1].rsplit(":", 1)[0]
+    namespace, _, short = repo_full.rpartition("/")
+    return {
+        "type": "PUSH_ARTIFACT",
+        "occur_at": int(time.time()),
+        "operator": "admin",
+        "event_data": {
+            "resources": [
+                {
+                    "digest": digest or digest_of(source),
+                    "tag": tag if tag is not None else source.rsplit(":", 1)[1],
+                    "resource_url": source,
+                }
+            ],
+            "repository": {
+                "date_created": 1677053165,
+                "name": short,
+                "namespace": namespace,
+                "repo_full_name": repo_full,
+                "repo_type": "private",
+            },
+        },
+    }
+
+
+class Acceld:
+    """One acceld process; ``start()`` waits for /api/v1/health, ``stop()`` sends SIGTERM."""
+
+    def __init__(
+        self, root: Path, config: dict[str, Any], env: dict[str, str] | None = None, *, fake: bool = True
+    ) -> None:
+        self.root = root
+        self.fake = fake
+        self.config = config
+        self.env = env or {}
+        self.config_file = root / "acceld.yaml"
+        self.log_file = root / "acceld.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.grace = 10.0
+        uds = config.get("server", {}).get("uds")
+        self.addr = f"unix://{uds}" if uds else f"127.0.0.1:{config['server']['port']}"
+
+    def client(self, timeout: float = 10.0) -> httpx.Client:
+        if self.addr.startswith("unix://"):
+            transport = httpx.HTTPTransport(uds=self.addr.removeprefix("unix://"))
+            return httpx.Client(transport=transport, base_url="http://acceld", timeout=timeout)
+        return httpx.Client(base_url=f"http://{self.addr}", timeout=timeout)
+
+    def start(self, timeout: float = 30.0, **env: str) -> Acceld:
+        self.config_file.write_text(yaml.safe_dump(self.config))
+        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **self.env, **env}
+        if self.fake:
+            environment["ACCELD_CONVERTER_FACTORY"] = "tests.unit.tasks.fake_converter:factory"
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(ACCELD), "--config", str(self.config_file), "--shutdown-grace", str(self.grace)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+        deadline = time.monotonic() + timeout
+        with self.client(timeout=1.0) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"acceld exited early:\n{self.log_text()[-3000:]}")
+                try:
+                    if client.get("/api/v1/health").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"acceld not ready:\n{self.log_text()[-3000:]}")
+                time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    @property
+    def db(self) -> Path:
+        return Path(self.config["provider"]["work_dir"]) / "tasks.db"
+
+    @property
+    def conversions(self) -> list[str]:
+        path = Path(self.config["provider"]["work_dir"]) / "fake-converter" / "conversions.log"
+        return path.read_text().split() if path.exists() else []
+
+    # -- API helpers --------------------------------------------------------------------------------------
+
+    def webhook(self, payload: Any, auth: str | None = SECRET, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": auth} if auth is not None else {}
+        with self.client() as client:
+            return client.post("/api/v1/conversions", json=payload, headers=headers, **kwargs)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        with self.client() as client:
+            response = client.get("/api/v1/conversions", headers={"Authorization": f"Bearer {TOKEN}"})
+            response.raise_for_status()
+            return list(response.json())
+
+    def wait_all_final(self, expected: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        def done() -> list[dict[str, Any]] | None:
+            tasks = self.tasks()
+            final = [t for t in tasks if t["status"] in ("COMPLETED", "FAILED", "CANCELED")]
+            return tasks if len(tasks) >= expected and len(final) == len(tasks) else None
+
+        return list(until(done, timeout, f"{expected} final tasks"))
+
+
+def base_config(root: Path, **server: Any) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": free_port(), "api_token": TOKEN, **server},
+        "metric": {"enabled": True},
+        "provider": {"work_dir": str(root / "work"), "source": {HOST: {"webhook": {"auth_header": SECRET}}}},
+        "converter": {"worker": 2, "driver": {"type": "estargz"}, "rules": [{"tag_suffix": "-fake"}]},
+    }
+
+
+@pytest.fixture
+def make_acceld(tmp_path: Path) -> Iterator[Callable[..., Acceld]]:
+    started: list[Acceld] = []
+
+    def make(config: dict[str, Any] | None = None, **env: str) -> Acceld:
+        daemon = Acceld(tmp_path, config or base_config(tmp_path), env)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+def image(n: int) -> str:
+    return f"{HOST}/library/app{n}:v1"
+
+
+def test_auth_and_bad_requests(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    ok = daemon.webhook(push_event(image(0)))
+    assert ok.status_code == 200 and ok.json() == "Ok"
+    for auth in (None, "wrong", f"Bearer {SECRET}"):
+        refused = daemon.webhook(push_event(image(1)), auth=auth)
+        assert refused.status_code == 401 and refused.json()["code"] == "ERR_UNAUTHORIZED"
+    with daemon.client() as client:
+        listed = client.get("/api/v1/conversions")
+        assert listed.status_code == 401 and listed.json()["code"] == "ERR_UNAUTHORIZED"
+        cases = [
+            client.post("/api/v1/conversions", content=b"{oops", headers={"Authorization": SECRET}),
+            client.post("/api/v1/conversions", json={"type": ["x"]}, headers={"Authorization": SECRET}),
+            client.post(
+                "/api/v1/conversions", content=b"x" * (10 * 1024 * 1024), headers={"Authorization": SECRET}
+            ),
+            client.get("/no/such/route"),
+            client.put("/api/v1/conversions"),
+        ]
+    for response in cases:
+        assert 400 <= response.status_code < 500, response.text
+        assert set(response.json()) == {"code", "message"}
+    [task] = daemon.wait_all_final(1)
+    assert task["source"] == image(0) and task["status"] == "COMPLETED"
+
+
+def test_burst_of_100_webhooks(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld(FAKE_CONVERTER_DELAY="0.2").start()
+    events: list[dict[str, Any]] = []
+    for n in range(10):
+        source = image(n)
+        events += [push_event(source)] * 7
+        for arch in range(3):  # child manifests of a multi-arch push arrive by digest, without a tag
+            child = "sha256:" + f"{n:02d}{arch:02d}".ljust(64, "0")
+            events.append(push_event(f"{source.split(':')[0]}@{child}", tag=child, digest=child))
+    random.Random(4).shuffle(events)
+    assert len(events) == 100
+
+    with daemon.client() as client:
+
+        def send(payload: dict[str, Any]) -> tuple[int, float]:
+            begin = time.perf_counter()
+            response = client.post("/api/v1/conversions", json=payload, headers={"Authorization": SECRET})
+            return response.status_code, time.perf_counter() - begin
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(send, events))
+    assert all(status == 200 for status, _ in results)
+    assert max(elapsed for _, elapsed in results) < 3.0
+    tasks = daemon.wait_all_final(10)
+    assert all(t["status"] == "COMPLETED" for t in tasks), tasks
+    assert sorted(daemon.conversions) == sorted(image(n) for n in range(10))
+    assert {t["source"] for t in tasks} == {image(n) for n in range(10)}
+
+
+def test_sigkill_during_conversions_loses_nothing(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld(FAKE_CONVERTER_DELAY="1.0").start()
+    for n in range(6):
+        assert daemon.webhook(push_event(image(n))).status_code == 200
+    until(lambda: any(t["status"] == "PROCESSING" for t in daemon.tasks()), 10, "a running conversion")
+    daemon.signal(signal.SIGKILL)
+    daemon.wait(10)
+    daemon.start(FAKE_CONVERTER_DELAY="0.05")
+    tasks = daemon.wait_all_final(6)
+    assert len(tasks) == 6 and all(t["status"] == "COMPLETED" for t in tasks), tasks
+    assert sorted(daemon.conversions) == sorted(image(n) for n in range(6))
+
+
+def test_sigterm_lets_running_conversion_finish(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld(FAKE_CONVERTER_DELAY="1.5").start()
+    task_id = daemon.webhook(push_event(image(0))).headers["x-accel-tasks"]
+    until(lambda: daemon.tasks()[0]["status"] == "PROCESSING", 10, "conversion start")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(20) == 0
+    row = sqlite3.connect(daemon.db).execute("SELECT status FROM tasks WHERE id=?", (task_id,)).fetchone()
+    assert row == ("COMPLETED",)
+    assert daemon.conversions == [image(0)]
+    assert "acceld stopped" in daemon.log_text()
+
+
+def test_sigterm_after_grace_leaves_task_pending(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld(FAKE_CONVERTER_DELAY="60")
+    daemon.grace = 0.3
+    daemon.start()
+    task_id = daemon.webhook(push_event(image(0))).headers["x-accel-tasks"]
+    until(lambda: daemon.tasks()[0]["status"] == "PROCESSING", 10, "conversion start")
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait(20) == 0
+    row = sqlite3.connect(daemon.db).execute("SELECT status FROM tasks WHERE id=?", (task_id,)).fetchone()
+    assert row == ("PENDING",)
+    daemon.start(FAKE_CONVERTER_DELAY="0")
+    [task] = daemon.wait_all_final(1)
+    assert task["status"] == "COMPLETED" and daemon.conversions == [image(0)]
+
+
+def test_unix_socket_and_accelctl(
+    make_acceld: Callable[..., Acceld], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock = tmp_path / "run" / "acceld.sock"
+    config = base_config(tmp_path, uds=str(sock), api_token="")
+    daemon = make_acceld(config).start()
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    addr = f"unix://{sock}"
+    # Empty api_token: unix-socket clients may read tasks.
+    assert accelctl.main(["task", "create", "--addr", addr, "--auth", SECRET, "--sync", image(3)]) == 0
+    assert "COMPLETED" in capsys.readouterr().out
+    assert accelctl.main(["task", "list", "--addr", addr, "--output", "json"]) == 0
+    [task] = json.loads(capsys.readouterr().out)
+    assert task["source"] == image(3) and task["status"] == "COMPLETED"
+    assert accelctl.main(["task", "show", "--addr", addr, task["id"]]) == 0
+    assert task["id"] in capsys.readouterr().out
+    assert accelctl.main(["task", "cancel", "--addr", addr, task["id"]]) == 1
+    assert "ERR_CONFLICT" in capsys.readouterr().err
+    assert accelctl.main(["task", "create", "--addr", addr, "--auth", "nope", image(4)]) == 1
+    assert "HTTP 401" in capsys.readouterr().err
+    daemon.stop()
+    assert not sock.exists()
+    assert accelctl.main(["task", "list", "--addr", addr]) == accelctl.EXIT_UNREACHABLE
+    assert "cannot reach acceld" in capsys.readouterr().err
+
+
+def test_accelctl_over_tcp_with_token(
+    make_acceld: Callable[..., Acceld], capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon = make_acceld(FAKE_CONVERTER_DELAY="30")
+    daemon.grace = 0.5  # the retried task is still converting at teardown
+    daemon.start()
+    addr = daemon.addr
+    assert accelctl.main(["task", "create", "--addr", addr, "--auth", SECRET, image(1)]) == 0
+    first = capsys.readouterr().out.strip()
+    assert accelctl.main(["task", "create", "--addr", addr, "--auth", SECRET, image(2)]) == 0
+    second = capsys.readouterr().out.strip()
+    assert accelctl.main(["task", "list", "--addr", addr]) == 1
+    assert "--token" in capsys.readouterr().err
+    until(lambda: any(t["status"] == "PROCESSING" for t in daemon.tasks()), 10, "conversion start")
+    os.environ["ACCELCTL_TOKEN"] = TOKEN
+    try:
+        assert accelctl.main(["task", "cancel", "--addr", addr, first]) == 0
+        assert accelctl.main(["task", "cancel", "--addr", addr, second]) == 0
+        until(lambda: all(t["status"] == "CANCELED" for t in daemon.tasks()), 10, "cancellation")
+        capsys.readouterr()
+        assert accelctl.main(["task", "list", "--addr", addr]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split() == ["ID", "CREATED", "STATUS", "ATTEMPTS", "SOURCE", "REASON"]
+        assert len(table) == 3 and all("CANCELED" in line for line in table[1:])
+        assert accelctl.main(["task", "retry", "--addr", addr, first, "--output", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == "PENDING"
+    finally:
+        del os.environ["ACCELCTL_TOKEN"]
+
+
+def test_logs_are_logfmt_with_task_ids(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    task_id = daemon.webhook(push_event(image(5)), auth=SECRET).headers["x-accel-tasks"]
+    daemon.wait_all_final(1)
+    daemon.webhook(push_event(image(5)), auth="Bearer not-the-secret")
+    daemon.stop()
+    lines = daemon.log_text().splitlines()
+    assert lines and all(line.startswith("time=") and " level=" in line and " msg=" in line for line in lines)
+    finished = [line for line in lines if 'msg="task finished"' in line]
+    assert finished and f"task={task_id}" in finished[0] and f"source={image(5)}" in finished[0]
+    assert "not-the-secret" not in daemon.log_text() and SECRET not in daemon.log_text()
+
+
+ST = Path(sys.executable).parent / "st"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not ST.exists(), reason="schemathesis is not installed (pip install schemathesis==4.32.5)"
+)
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(make_acceld: Callable[..., Acceld]) -> None:
+    """schemathesis (default checks) against the OpenAPI spec the daemon serves."""
+    daemon = make_acceld().start()
+    url = f"http://{daemon.addr}/openapi.json"
+    command = [
+        str(ST),
+        "run",
+        url,
+        "--max-examples",
+        "40",
+        "--seed",
+        "1",
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    assert "status=500" not in daemon.log_text()
