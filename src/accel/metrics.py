@@ -59,6 +59,9 @@ class Metrics:
         self.task_retries = Counter(
             f"{_CORE}_task_retries", "Task attempts rescheduled after a transient error.", registry=reg
         )
+        self.layer_cache = Counter(
+            f"{_CORE}_layer_cache", "Converted-layer cache lookups by outcome.", ["result"], registry=reg
+        )
         self.queue_depth = Gauge(f"{_CORE}_queue_depth", "Tasks waiting (PENDING).", registry=reg)
         self.tasks_running = Gauge(f"{_CORE}_tasks_running", "Tasks being processed.", registry=reg)
         self.webhook_events = Counter(

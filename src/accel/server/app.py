@@ -69,6 +69,8 @@ class TaskView(BaseModel):
     status: Literal["PENDING", "PROCESSING", "COMPLETED", "FAILED", "CANCELED"]
     reason: str
     attempts: int
+    cache_hits: int
+    cache_misses: int
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

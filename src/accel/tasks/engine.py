@@ -54,6 +54,10 @@ class Result(Protocol):
     def bytes_in(self) -> int: ...
     @property
     def bytes_out(self) -> int: ...
+    @property
+    def cache_hits(self) -> int: ...
+    @property
+    def cache_misses(self) -> int: ...
 
 
 class ConverterLike(Protocol):
@@ -408,9 +412,12 @@ class TaskEngine:
         elapsed = time.monotonic() - begin
         task.target, task.target_digest = result.target, result.target_digest
         task.source_size, task.target_size = result.source_size, result.target_size
+        task.cache_hits, task.cache_misses = result.cache_hits, result.cache_misses
         if metrics is not None:
             metrics.op_duration.labels("convert").observe(result.timings.get("total", elapsed))
             metrics.observe_conversion(dict(result.timings), result.bytes_in, result.bytes_out)
+            metrics.layer_cache.labels("hit").inc(result.cache_hits)
+            metrics.layer_cache.labels("miss").inc(result.cache_misses)
         self._finish(task, TaskStatus.COMPLETED, "")
 
     def _release_twins(self, key: tuple[str, str, str], task_id: str) -> None:

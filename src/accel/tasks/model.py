@@ -66,6 +66,8 @@ class Task:
     status: TaskStatus = TaskStatus.PENDING
     reason: str = ""
     attempts: int = 0
+    cache_hits: int = 0  # converted layers taken from the layer cache
+    cache_misses: int = 0  # layers converted because the cache had nothing usable
     # Unix time before which a PENDING task is not picked up (retry backoff, waiting for a duplicate).
     not_before: float = 0.0
 

@@ -35,7 +35,14 @@ _COLUMNS = (
     "reason",
     "attempts",
     "not_before",
+    "cache_hits",
+    "cache_misses",
 )
+
+_ADDED_COLUMNS = {
+    "cache_hits": "INTEGER NOT NULL DEFAULT 0",
+    "cache_misses": "INTEGER NOT NULL DEFAULT 0",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -54,7 +61,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     status TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0
+    not_before REAL NOT NULL DEFAULT 0,
+    cache_hits INTEGER NOT NULL DEFAULT 0,
+    cache_misses INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, not_before);
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks (source, driver_key, status);
@@ -99,6 +108,8 @@ def _to_row(task: Task) -> tuple[Any, ...]:
         task.reason,
         task.attempts,
         task.not_before,
+        task.cache_hits,
+        task.cache_misses,
     )
 
 
@@ -122,6 +133,8 @@ def _from_row(row: sqlite3.Row) -> Task:
         reason=row["reason"],
         attempts=row["attempts"],
         not_before=row["not_before"],
+        cache_hits=row["cache_hits"],
+        cache_misses=row["cache_misses"],
     )
 
 
@@ -142,6 +155,14 @@ class SQLiteTaskStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        # Databases made by an earlier version lack the newer columns; every one has a default.
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for column, decl in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {decl}")
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

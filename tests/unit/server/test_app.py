@@ -141,7 +141,7 @@ def test_default_payload_queues_a_task(client: TestClient, harness: Harness) -> 
     assert task["target"] == "harbor.dev/library/busybox:latest-fake"
     assert set(task) == {
         "id", "created", "started", "finished", "source", "target", "source_digest", "target_digest",
-        "driver", "source_size", "target_size", "status", "reason", "attempts",
+        "driver", "source_size", "target_size", "status", "reason", "attempts", "cache_hits", "cache_misses",
     }  # fmt: skip
     assert harness.fake.conversions == ["harbor.dev/library/busybox:latest"]
 

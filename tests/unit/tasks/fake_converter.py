@@ -11,42 +11,12 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from accel.config import Config
+from accel.converter.progress import ConversionResult, SourceInspection
 from accel.errors import AccelError, CanceledError
-
-
-@dataclass
-class Inspection:
-    reference: str
-    digest: str
-    media_type: str
-    is_index: bool
-    converted_by_us: str | None
-    target: str
-    existing_target_digest: str | None
-
-
-@dataclass
-class Result:
-    source: str
-    target: str
-    source_digest: str
-    target_digest: str
-    source_size: int
-    target_size: int
-    driver: str
-    driver_version: str
-    timings: dict[str, float]
-    bytes_in: int
-    bytes_out: int
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def digest_of(source: str) -> str:
@@ -85,7 +55,7 @@ class FakeConverter:
     def digest(self, source: str) -> str:
         return self.digests.get(source) or digest_of(source)
 
-    def inspect(self, source: str) -> Inspection:
+    def inspect(self, source: str) -> SourceInspection:
         with self.lock:
             self.inspections.append(source)
             if self.inspect_errors:
@@ -94,8 +64,14 @@ class FakeConverter:
         target = source + self.suffix
         own = f"tag ends with {self.suffix}" if source.endswith(self.suffix) else None
         existing = digest if self.targets.get(target) == digest else None
-        return Inspection(
-            source, digest, "application/vnd.oci.image.manifest.v1+json", False, own, target, existing
+        return SourceInspection(
+            reference=source,
+            digest=digest,
+            media_type="application/vnd.oci.image.manifest.v1+json",
+            is_index=False,
+            target=target,
+            converted_by_us=own,
+            existing_target_digest=existing,
         )
 
     def convert(
@@ -105,7 +81,7 @@ class FakeConverter:
         target: str | None = None,
         progress: Any = None,
         cancel: threading.Event | None = None,
-    ) -> Result:
+    ) -> ConversionResult:
         self.started.set()
         with self.lock:
             error = self.errors.pop(0) if self.errors else None
@@ -119,7 +95,7 @@ class FakeConverter:
             with self.lock:
                 self.active -= 1
 
-    def _convert(self, source: str, target: str | None, cancel: threading.Event | None) -> Result:
+    def _convert(self, source: str, target: str | None, cancel: threading.Event | None) -> ConversionResult:
         deadline = time.monotonic() + self.delay
         while (self.gate is not None and not self.gate.is_set()) or time.monotonic() < deadline:
             if cancel is not None and cancel.is_set():
@@ -140,7 +116,7 @@ class FakeConverter:
                 tmp = self.state_dir / "targets.json.tmp"
                 tmp.write_text(json.dumps(self.targets))
                 tmp.replace(self.state_dir / "targets.json")
-        return Result(
+        return ConversionResult(
             source=source,
             target=target,
             source_digest=digest,
