@@ -456,6 +456,8 @@ class TaskEngine:
                 "target": task.target,
                 "target_digest": task.target_digest,
                 "reason": task.reason,
+                "cache_hits": task.cache_hits,
+                "cache_misses": task.cache_misses,
             },
         )
         with self._done:

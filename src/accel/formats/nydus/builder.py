@@ -88,17 +88,27 @@ class _Out:
         self.hash = hashlib.sha256()
         self.pos = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         self.dst.write(data)
         self.hash.update(data)
         self.pos += len(data)
 
 
-_Job = tuple[Node, int, "Future[tuple[bytes, bytes, bool, int]]"]
+_Result = tuple[bytes, bytes | bytearray, bool, int]
+_Job = tuple[list[tuple[Node, int]], "Future[list[_Result]]"]
+# Chunks at least this big are read straight into their own buffer (no copy through the tar reader's).
+_DIRECT_READ = 256 << 10
+# A job holds chunks until it has this many bytes or entries: one thread handoff per ~1 MiB, not per file.
+_BATCH_BYTES = 1 << 20
+_BATCH_COUNT = 256
 
 
 class _Chunker:
-    """Compresses chunks in parallel and commits them in order, with in-layer dedup."""
+    """Digests and compresses chunks in parallel batches and commits them in order, with in-layer dedup.
+
+    The digest and the compression both run in the worker (blake3, sha256 and zstd release the GIL), so
+    the main thread only parses tar headers, reads content and writes results.
+    """
 
     def __init__(self, out: _Out, opts: Options) -> None:
         self.out = out
@@ -106,50 +116,67 @@ class _Chunker:
         self.pool = ThreadPoolExecutor(max_workers=max(1, opts.threads), thread_name_prefix="nydus-chunk")
         self.pending: deque[_Job] = deque()
         self.limit = 2 * max(1, opts.threads) + 2
+        self.batch: list[tuple[Node, int]] = []
+        self.batch_data: list[bytes | bytearray] = []
+        self.batch_bytes = 0
         self.by_digest: dict[bytes, Chunk] = {}
         self.chunks: list[Chunk] = []
         self.c_off = 0
         self.u_off = 0
 
-    def _work(self, data: bytes) -> tuple[bytes, bytes, bool, int]:
-        digest = digest_of(self.opts.digester, data)
-        stored, compressed = compress(self.opts.compressor, data)
-        return digest, stored, compressed, len(data)
+    def _work(self, datas: list[bytes | bytearray]) -> list[_Result]:
+        digester, compressor = self.opts.digester, self.opts.compressor
+        out = []
+        for data in datas:
+            stored, compressed = compress(compressor, data)
+            out.append((digest_of(digester, data), stored, compressed, len(data)))
+        return out
 
-    def submit(self, node: Node, index: int, data: bytes) -> None:
+    def submit(self, node: Node, index: int, data: bytes | bytearray) -> None:
+        self.batch.append((node, index))
+        self.batch_data.append(data)
+        self.batch_bytes += len(data)
+        if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_COUNT:
+            self._send()
+
+    def _send(self) -> None:
+        if not self.batch:
+            return
         while len(self.pending) >= self.limit:
             self._commit(*self.pending.popleft())
-        self.pending.append((node, index, self.pool.submit(self._work, data)))
+        self.pending.append((self.batch, self.pool.submit(self._work, self.batch_data)))
+        self.batch, self.batch_data, self.batch_bytes = [], [], 0
 
-    def _commit(self, node: Node, index: int, fut: Future[tuple[bytes, bytes, bool, int]]) -> None:
-        digest, stored, compressed, size = fut.result()
-        chunk = self.by_digest.get(digest)
-        if chunk is None or chunk.uncompressed_size != size:
-            if len(self.chunks) >= c.MAX_CHUNK_COUNT:
-                raise FormatError("too many chunks in one layer")
-            chunk = Chunk(
-                digest=digest,
-                blob_index=0,
-                ci_index=len(self.chunks),
-                compressed_offset=self.c_off,
-                compressed_size=len(stored),
-                uncompressed_offset=self.u_off,
-                uncompressed_size=size,
-                compressed=compressed,
-            )
-            self.out.write(stored)
-            self.c_off += len(stored)
-            self.u_off += -(-size // c.BLOCK_SIZE) * c.BLOCK_SIZE
-            self.chunks.append(chunk)
-            self.by_digest[digest] = chunk
-        node.chunks[index] = chunk
+    def _commit(self, targets: list[tuple[Node, int]], fut: Future[list[_Result]]) -> None:
+        for (node, index), (digest, stored, compressed, size) in zip(targets, fut.result(), strict=True):
+            chunk = self.by_digest.get(digest)
+            if chunk is None or chunk.uncompressed_size != size:
+                if len(self.chunks) >= c.MAX_CHUNK_COUNT:
+                    raise FormatError("too many chunks in one layer")
+                chunk = Chunk(
+                    digest=digest,
+                    blob_index=0,
+                    ci_index=len(self.chunks),
+                    compressed_offset=self.c_off,
+                    compressed_size=len(stored),
+                    uncompressed_offset=self.u_off,
+                    uncompressed_size=size,
+                    compressed=compressed,
+                )
+                self.out.write(stored)
+                self.c_off += len(stored)
+                self.u_off += -(-size // c.BLOCK_SIZE) * c.BLOCK_SIZE
+                self.chunks.append(chunk)
+                self.by_digest[digest] = chunk
+            node.chunks[index] = chunk
 
     def flush(self) -> None:
+        self._send()
         while self.pending:
             self._commit(*self.pending.popleft())
 
     def close(self) -> None:
-        for _, _, fut in self.pending:
+        for _, fut in self.pending:
             fut.cancel()
         self.pool.shutdown(wait=True)
 
@@ -202,12 +229,14 @@ def _read_tar(src: BinaryIO, chunker: _Chunker, opts: Options) -> tuple[Node, in
             node.size = entry.size
             placeholder = Chunk(b"", 0, 0, 0, 0, 0, 0, False)
             node.chunks = [placeholder] * nchunks
-            for i in range(nchunks):
-                want = min(opts.chunk_size, entry.size - i * opts.chunk_size)
-                data = reader.read(want)
-                if len(data) != want:
-                    raise FormatError("truncated file content", entry=name)
-                chunker.submit(node, i, data)
+            try:
+                for i in range(nchunks):
+                    chunker.submit(
+                        node, i, _read_chunk(reader, min(opts.chunk_size, entry.size - i * opts.chunk_size))
+                    )
+            except FormatError as exc:
+                # A broken compressed stream surfaces here without knowing which entry it cut short.
+                raise (exc if exc.entry is not None else FormatError(exc.reason, entry=name)) from exc
         if path == "":
             if not node.is_dir:
                 raise FormatError("the root entry is not a directory", entry=name)
@@ -227,6 +256,18 @@ def _read_tar(src: BinaryIO, chunker: _Chunker, opts: Options) -> tuple[Node, in
         else:
             seen_files.pop(path, None)
     return root, files
+
+
+def _read_chunk(reader: TarReader, want: int) -> bytes | bytearray:
+    if want >= _DIRECT_READ:
+        buf = bytearray(want)
+        if reader.readinto(buf) == want:
+            return buf
+    else:
+        data = reader.read(want)
+        if len(data) == want:
+            return data
+    raise FormatError("truncated file content")
 
 
 def _entry_path(entry: TarEntry) -> str:

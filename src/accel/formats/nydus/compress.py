@@ -30,7 +30,7 @@ def _zstd_d() -> zstandard.ZstdDecompressor:
     return dec
 
 
-def compress(compressor: str, data: bytes) -> tuple[bytes, bool]:
+def compress(compressor: str, data: bytes | bytearray) -> tuple[bytes | bytearray, bool]:
     """(stored bytes, compressed?) - raw bytes are kept when compression does not shrink them."""
     if compressor == "none" or not data:
         return data, False
@@ -63,7 +63,7 @@ def decompress(compressor: str, data: bytes, size: int) -> bytes:
     return bytes(out)
 
 
-def digest_of(digester: str, data: bytes) -> bytes:
+def digest_of(digester: str, data: bytes | bytearray) -> bytes:
     if digester == "blake3":
         return bytes(blake3.blake3(data).digest())
     if digester == "sha256":
