@@ -45,7 +45,10 @@ def _fetch_186() -> bool:
     r = CACHE_186
     for sub in ("apt/lists/partial", "apt/cache/archives/partial", "apt/sources.list.d", "debs", "unpacked"):
         (r / sub).mkdir(parents=True, exist_ok=True)
-    (r / "apt" / "sources.list").write_text("deb http://deb.debian.org/debian trixie main\n")
+    mirror = _debian_mirror()
+    if mirror is None:
+        return False
+    (r / "apt" / "sources.list").write_text(f"deb {mirror} trixie main\n")
     opts = [
         f"-oDir::Etc::SourceList={r / 'apt' / 'sources.list'}",
         f"-oDir::Etc::SourceParts={r / 'apt' / 'sources.list.d'}",
@@ -66,6 +69,23 @@ def _fetch_186() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return True
+
+
+def _debian_mirror() -> str | None:
+    """The Debian archive this machine's apt already uses (trixie is taken from the same place)."""
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split()
+            uris = words[1:] if words[:1] == ["URIs:"] else words[1:2] if words[:1] == ["deb"] else []
+            for uri in uris:
+                if uri.rstrip("/").endswith("/debian"):
+                    return uri
+    return None
 
 
 def fsck_extract(
