@@ -27,6 +27,7 @@ from accel.converter.cache import CacheSession, LayerCache, RemoteCache
 from accel.converter.progress import ConversionResult, Counters, Progress, SourceInspection
 from accel.converter.repositories import (
     ImageRepository,
+    LayoutRepository,
     RegistryRepository,
     open_repository,
 )
@@ -503,7 +504,15 @@ class _Conversion:
             return self.store.open(blob.digest)
 
         origin = self.caches.origins.get(blob.digest, self.source)
-        outcome = self.target.push_blob(blob, open_source, origin, lambda n: self.counters.advance("push", n))
+        verified = None
+        if isinstance(self.target, LayoutRepository) and not isinstance(origin, LayoutRepository):
+            # Into a layout, a remote blob goes through the store once and is then linked, not copied.
+            self.ensure_local(blob)
+        if self.store.has(blob.digest):
+            verified = self.store.path(blob.digest)
+        outcome = self.target.push_blob(
+            blob, open_source, origin, lambda n: self.counters.advance("push", n), verified
+        )
         log.debug("blob %s: %s", blob.digest, outcome)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from accel.content import BlobWriter
@@ -63,8 +64,10 @@ class ImageRepository(ABC):
         open_source: Callable[[], BinaryIO],
         source: ImageRepository | None,
         progress: Progress | None,
+        verified: Path | None = None,
     ) -> str:
-        """Make a blob present: ``"exists"``, ``"mounted"`` (from ``source``) or ``"uploaded"``."""
+        """Make a blob present: ``"exists"``, ``"mounted"`` (from ``source``), ``"linked"`` (from
+        ``verified``, a content-store file holding the blob) or ``"uploaded"``."""
 
     def referrers_fallback(self, subject: str, descriptor: Descriptor) -> None:  # noqa: B027 - optional
         """Record ``descriptor`` as a referrer of ``subject`` where the store has no referrers API."""
@@ -123,6 +126,7 @@ class RegistryRepository(ImageRepository):
         open_source: Callable[[], BinaryIO],
         source: ImageRepository | None,
         progress: Progress | None,
+        verified: Path | None = None,
     ) -> str:
         mount_from = (
             source.repository if isinstance(source, RegistryRepository) and source.host == self.host else None
@@ -210,9 +214,15 @@ class LayoutRepository(ImageRepository):
         open_source: Callable[[], BinaryIO],
         source: ImageRepository | None,
         progress: Progress | None,
+        verified: Path | None = None,
     ) -> str:
         if self.layout.has_blob(descriptor.digest):
             return "exists"
+        # A file of the content store was verified when it was written: link it instead of copying.
+        if verified is not None and self.layout.link_blob(verified, descriptor.digest):
+            if progress:
+                progress(descriptor.size)
+            return "linked"
         with open_source() as stream:
             self.layout.ingest(stream, descriptor.digest)
         if progress:

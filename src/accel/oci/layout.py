@@ -157,6 +157,21 @@ class OCILayout:
             raise
         return digester.digest, digester.size
 
+    def link_blob(self, verified_file: Path, digest: str) -> bool:
+        """Add a blob as a hard link to a file whose content is already verified to be ``digest`` (the
+        content store's); False when linking is impossible (another filesystem), so the caller copies."""
+        dest = self.blob_path(digest)
+        if dest.exists():
+            return True
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".link-{os.getpid()}-{dest.name}")
+        try:
+            os.link(verified_file, tmp)
+        except OSError:
+            return False
+        os.replace(tmp, dest)
+        return True
+
     def write_blob(self, data: bytes, expected_digest: str | None = None) -> str:
         digest = _digest.of_bytes(data) if expected_digest is None else expected_digest
         if expected_digest is not None:

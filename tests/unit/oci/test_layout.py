@@ -197,3 +197,15 @@ def test_we_read_a_layout_written_by_skopeo(tmp_path: Path) -> None:
         assert isinstance(manifest, Manifest)
         for layer in manifest.layers:
             assert len(copy.read_blob(layer.digest)) == layer.size
+
+
+def test_link_blob_shares_the_verified_file(tmp_path: Path) -> None:
+    layout = OCILayout(tmp_path / "layout").init()
+    source = tmp_path / "store-blob"
+    source.write_bytes(b"verified content")
+    digest = of_bytes(b"verified content")
+    assert layout.link_blob(source, digest)
+    assert layout.blob_path(digest).stat().st_ino == source.stat().st_ino
+    assert layout.read_blob(digest) == b"verified content"
+    assert layout.link_blob(source, digest), "an existing blob is fine"
+    assert not layout.link_blob(tmp_path / "missing", of_bytes(b"other"))
