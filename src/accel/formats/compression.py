@@ -112,15 +112,19 @@ class _ZstdStream(io.RawIOBase):
 
 
 def decompressed(raw: BinaryIO, compression: Compression | None = None) -> BinaryIO:
-    """The uncompressed stream of ``raw`` (compression detected when not given), buffered for reads."""
+    """The uncompressed stream of ``raw`` (compression detected when not given).
+
+    Not buffered on purpose: a buffer would swallow the bytes decoded before a truncation is noticed, and
+    the tar parser reading this stream names the entry where the damage is. Read in large pieces.
+    """
     if compression is None:
         head = raw.read(4)
         compression = sniff(head)
         raw = cast(BinaryIO, io.BufferedReader(Prefixed(head, raw), _READ))
     if compression == "gzip":
-        return cast(BinaryIO, io.BufferedReader(GunzipStream(raw), _READ))
+        return cast(BinaryIO, GunzipStream(raw))
     if compression == "zstd":
-        return cast(BinaryIO, io.BufferedReader(_ZstdStream(raw), _READ))
+        return cast(BinaryIO, _ZstdStream(raw))
     return raw
 
 
