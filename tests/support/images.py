@@ -289,11 +289,13 @@ def build_rich_image(
     payload_file_size: int = 8 * MIB,
     level: int = 6,
     platform: Platform | None = None,
+    duplicate: bool = True,
 ) -> BuiltImage:
-    """The three-layer edge-case image (see the module docstring) as ``oci:<dest>:<tag>``."""
+    """The three-layer edge-case image (see the module docstring) as ``oci:<dest>:<tag>``; without
+    ``duplicate`` no path appears twice in a layer (formats such as containers/storage's refuse that)."""
     layout = _prepare(dest)
     platform = platform or Platform("linux", "amd64")
-    base = edge.edge_layer(fmt=tar_format, big=False)
+    base = edge.edge_layer(fmt=tar_format, big=False, duplicate=duplicate)
     layers = [
         _write_layer(layout, media, compression, lambda out: out.write(base), level),
         _write_layer(
