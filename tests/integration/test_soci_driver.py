@@ -135,7 +135,7 @@ def test_skipped_layers_are_reported(registry_plain: RegistryServer, tmp_path: P
     )
     with Converter(config) as converter:
         result = converter.convert(f"{registry_plain.host}/soci/small:v1")
-    skipped = [note for note in result.notes if "below min_layer_size" in note]
+    skipped = [note for note in result.notes if "less than min-layer-size" in note]
     assert len(skipped) == 2 and all("not indexed" in note for note in skipped)
     top = parse_manifest(
         subprocess.run(

@@ -60,7 +60,15 @@ class SociDriver(Driver):
         }
 
     def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
-        ztocs = [z for z in ctx.map(lambda layer: self._ztoc(layer, ctx), image.manifest.layers) if z]
+        plans = soci.plan_layers(
+            [layer.to_dict() for layer in image.manifest.layers], min_layer_size=self.min_layer_size
+        )
+        for plan in plans:
+            if plan.skip_reason:
+                digest = image.manifest.layers[plan.index].digest
+                ctx.note(f"layer {digest}: not indexed: {plan.skip_reason} (pulled eagerly)")
+        wanted = [(image.manifest.layers[p.index], p.compression) for p in plans if p.compression]
+        ztocs = [z for z in ctx.map(lambda item: self._ztoc(*item, ctx), wanted) if z]
         if not ztocs:
             raise ConversionError(
                 f"{image.reference}: no layer can be indexed (SOCI refuses an empty index); see the notes"
@@ -100,18 +108,8 @@ class SociDriver(Driver):
         )
         return ConvertedImage(manifest=enabled, artifacts=[Artifact(index, index_entry=entry)])
 
-    def _ztoc(self, layer: Descriptor, ctx: DriverContext) -> Descriptor | None:
+    def _ztoc(self, layer: Descriptor, kind: str, ctx: DriverContext) -> Descriptor | None:
         ctx.check_canceled()
-        kind = soci.layer_compression(layer.media_type)
-        if kind is None:
-            ctx.note(f"layer {layer.digest}: not indexed: SOCI cannot index {layer.media_type} layers")
-            return None
-        if layer.size < self.min_layer_size:
-            ctx.note(
-                f"layer {layer.digest}: not indexed: {layer.size} bytes is below min_layer_size "
-                f"{self.min_layer_size} (pulled eagerly)"
-            )
-            return None
         try:
             with ctx.open_layer(layer) as blob:
                 ztoc = soci.build_ztoc(

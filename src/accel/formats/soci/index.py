@@ -7,7 +7,6 @@ Pure functions from descriptors to bytes; nothing here talks to a registry. JSON
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,8 @@ from typing import Any
 from accel.errors import FormatError
 from accel.formats.soci.toc import FileMetadata
 from accel.oci import mediatypes
-from accel.oci.digest import of_bytes
+from accel.oci.manifest import Descriptor, Index, Manifest
+from accel.oci.platform import Platform
 
 INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"
 INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
@@ -32,64 +32,9 @@ ANNOTATION_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
 ANNOTATION_INDEX_DIGEST = "com.amazon.soci.index-digest"
 ANNOTATION_IMAGE_MANIFEST_DIGEST = "com.amazon.soci.image-manifest-digest"
 
-_DESCRIPTOR_FIELDS = (
-    "mediaType",
-    "digest",
-    "size",
-    "urls",
-    "annotations",
-    "data",
-    "platform",
-    "artifactType",
-)
-_PLATFORM_FIELDS = ("architecture", "os", "os.version", "os.features", "variant", "features")
-_MANIFEST_FIELDS = (
-    "schemaVersion",
-    "mediaType",
-    "artifactType",
-    "config",
-    "layers",
-    "subject",
-    "annotations",
-)
-_INDEX_FIELDS = ("schemaVersion", "mediaType", "artifactType", "manifests", "subject", "annotations")
-
-
-def go_json(value: Any) -> bytes:
-    """Compact JSON as Go's ``json.Marshal`` writes it (key order must already be the struct order)."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    for char, escape in (
-        ("&", "\\u0026"),
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        text = text.replace(char, escape)
-    return text.encode("utf-8")
-
-
-def _ordered(obj: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
-    """Go struct order; empty optional fields are dropped (``omitempty``), unknown fields too."""
-    out: dict[str, Any] = {}
-    for key in fields:
-        value = obj.get(key)
-        if value is None or (key != "size" and key != "schemaVersion" and value in ("", [], {})):
-            continue
-        out[key] = value
-    return out
-
-
 def descriptor(desc: Mapping[str, Any]) -> dict[str, Any]:
-    """An OCI descriptor in Go field order with sorted annotations and an ordered platform."""
-    out = _ordered(desc, _DESCRIPTOR_FIELDS)
-    out.setdefault("size", 0)
-    if "annotations" in out:
-        out["annotations"] = dict(sorted(out["annotations"].items()))
-    if "platform" in out:
-        out["platform"] = _ordered(out["platform"], _PLATFORM_FIELDS)
-    # Go writes "size" right after "digest" even when it is 0 (no omitempty on size).
-    return {k: out[k] for k in _DESCRIPTOR_FIELDS if k in out}
+    """An OCI descriptor as Go writes it (struct field order, sorted annotations, ordered platform)."""
+    return Descriptor.from_dict(dict(desc)).to_dict()
 
 
 def ztoc_descriptor(
@@ -135,17 +80,14 @@ def soci_index_manifest(
         config_type = INDEX_V2
     else:
         raise FormatError(f"unknown SOCI index version {version}")
-    manifest: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": mediatypes.OCI_MANIFEST,
-        "config": {"mediaType": config_type, "digest": EMPTY_CONFIG_DIGEST, "size": len(EMPTY_CONFIG)},
-        "layers": [descriptor(b) for b in blobs],
-    }
-    if subject is not None:
-        manifest["subject"] = descriptor(subject)
-    if build_tool_identifier:
-        manifest["annotations"] = {ANNOTATION_BUILD_TOOL: build_tool_identifier}
-    return go_json(manifest)
+    manifest = Manifest(
+        config=Descriptor(config_type, EMPTY_CONFIG_DIGEST, len(EMPTY_CONFIG)),
+        layers=[Descriptor.from_dict(dict(b)) for b in blobs],
+        media_type=mediatypes.OCI_MANIFEST,
+        subject=Descriptor.from_dict(dict(subject)) if subject is not None else None,
+        annotations={ANNOTATION_BUILD_TOOL: build_tool_identifier} if build_tool_identifier else {},
+    )
+    return manifest.to_json()
 
 
 def soci_index_descriptor(
@@ -157,54 +99,46 @@ def soci_index_descriptor(
 ) -> dict[str, Any]:
     """Descriptor of a SOCI index: with ``artifactType``; the index's annotations for a v1 referrers
     listing, or the ``image-manifest-digest`` back-annotation and platform for a v2 OCI index entry."""
-    body = json.loads(index)
-    desc: dict[str, Any] = {
-        "mediaType": mediatypes.OCI_MANIFEST,
-        "digest": of_bytes(index),
-        "size": len(index),
-    }
     if image_manifest_digest is not None:
-        desc["annotations"] = {ANNOTATION_IMAGE_MANIFEST_DIGEST: image_manifest_digest}
-    elif body.get("annotations"):
-        desc["annotations"] = body["annotations"]
-    if platform is not None:
-        desc["platform"] = platform
-    desc["artifactType"] = INDEX_V1 if version == 1 else INDEX_V2
-    return descriptor(desc)
+        annotations = {ANNOTATION_IMAGE_MANIFEST_DIGEST: image_manifest_digest}
+    else:
+        annotations = dict(Manifest.from_json(index).annotations)
+    return Descriptor.of(
+        index,
+        mediatypes.OCI_MANIFEST,
+        annotations=annotations,
+        platform=Platform.from_dict(platform) if platform is not None else None,
+        artifact_type=INDEX_V1 if version == 1 else INDEX_V2,
+    ).to_dict()
 
 
 def referrers_index(referrers: Sequence[Mapping[str, Any]]) -> bytes:
     """The referrers API answer / ``sha256-<hex>`` fallback tag index listing these descriptors."""
-    return go_json(
-        {
-            "schemaVersion": 2,
-            "mediaType": mediatypes.OCI_INDEX,
-            "manifests": [descriptor(r) for r in referrers],
-        }
-    )
+    return Index(manifests=[Descriptor.from_dict(dict(r)) for r in referrers]).to_json()
 
 
 def convert_manifest(manifest: bytes | Mapping[str, Any], soci_index_digest: str | None) -> bytes:
     """soci ``Convert``'s rewrite of an image manifest: OCI media types, re-marshalled (unknown fields are
     dropped), with ``com.amazon.soci.index-digest`` when this platform got a SOCI index."""
-    body = json.loads(manifest) if isinstance(manifest, bytes | bytearray) else dict(manifest)
-    out = _ordered(body, _MANIFEST_FIELDS)
-    out["schemaVersion"] = body.get("schemaVersion", 2)
-    out["mediaType"] = mediatypes.OCI_MANIFEST
-    config = dict(body["config"])
-    config["mediaType"] = mediatypes.OCI_CONFIG
-    out["config"] = descriptor(config)
-    out["layers"] = [descriptor(layer) for layer in body.get("layers", [])]
-    if "subject" in out:
-        out["subject"] = descriptor(out["subject"])
-    annotations = dict(body.get("annotations") or {})
+    source = Manifest.from_json(manifest if isinstance(manifest, bytes | bytearray) else dict(manifest))
+    annotations = dict(source.annotations)
     if soci_index_digest is not None:
         annotations[ANNOTATION_INDEX_DIGEST] = soci_index_digest
-    if annotations:
-        out["annotations"] = dict(sorted(annotations.items()))
-    else:
-        out.pop("annotations", None)
-    return go_json({k: out[k] for k in _MANIFEST_FIELDS if k in out})
+    converted = Manifest(
+        config=_known_fields(source.config).replace(media_type=mediatypes.OCI_CONFIG),
+        layers=[_known_fields(layer) for layer in source.layers],
+        media_type=mediatypes.OCI_MANIFEST,
+        schema_version=source.schema_version,
+        annotations=annotations,
+        subject=_known_fields(source.subject) if source.subject else None,
+        artifact_type=source.artifact_type,
+    )
+    return converted.to_json()
+
+
+def _known_fields(desc: Descriptor) -> Descriptor:
+    # Go's ocispec structs drop what they do not model when soci re-marshals.
+    return desc.replace(extra={})
 
 
 def soci_enabled_index(
@@ -218,22 +152,17 @@ def soci_enabled_index(
     (:func:`soci_index_descriptor` with ``image_manifest_digest``)."""
     entries = []
     for body, platform in manifests:
-        parsed = json.loads(body)
-        desc: dict[str, Any] = {
-            "mediaType": mediatypes.OCI_MANIFEST,
-            "digest": of_bytes(body),
-            "size": len(body),
-        }
-        if parsed.get("annotations"):
-            desc["annotations"] = parsed["annotations"]
-        if platform is not None:
-            desc["platform"] = platform
-        entries.append(descriptor(desc))
-    entries.extend(descriptor(d) for d in soci_indexes)
-    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": mediatypes.OCI_INDEX, "manifests": entries}
-    if annotations:
-        index["annotations"] = dict(sorted(annotations.items()))
-    return go_json(index)
+        parsed = Manifest.from_json(body)
+        entries.append(
+            Descriptor.of(
+                body,
+                mediatypes.OCI_MANIFEST,
+                annotations=dict(parsed.annotations),
+                platform=Platform.from_dict(platform) if platform is not None else None,
+            )
+        )
+    entries.extend(Descriptor.from_dict(dict(d)) for d in soci_indexes)
+    return Index(manifests=entries, annotations=dict(annotations or {})).to_json()
 
 
 @dataclass(frozen=True, slots=True)

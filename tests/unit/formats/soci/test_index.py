@@ -22,8 +22,8 @@ from accel.formats.soci import (
     soci_index_manifest,
     ztoc_descriptor,
 )
-from accel.formats.soci.index import go_json
 from accel.oci.digest import of_bytes
+from accel.oci.manifest import encode_json as go_json
 
 from .conftest import DATA, SPAN, TOOL
 
