@@ -7,6 +7,7 @@ mostly-zero file) with Docker media types, built locally and pushed with skopeo.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ from tests.support.registry import start_registry  # noqa: E402
 
 WORK = ROOT / "demo-work"
 ACCELCTL = [sys.executable, "-m", "accel.cli.accelctl"]
+# The sample's layers are small: let SOCI index them all (its default skips layers under 10 MiB).
+DRIVER_OPTIONS = {"soci": {"min_layer_size": "0"}}
 SUFFIXES = {
     "oci": "-oci",
     "estargz": "-esgz",
@@ -42,14 +45,18 @@ def run(args: list[str]) -> str:
 
 
 def main() -> None:
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir()
+    parser = argparse.ArgumentParser(description="Convert a sample image with every driver.")
+    parser.add_argument("--work", type=Path, default=WORK, help="scratch folder (recreated)")
+    work = parser.parse_args().work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     print("starting a local registry (Debian's docker-registry) on loopback ...", flush=True)
-    registry = start_registry("plain", WORK / "registry")
+    registry = start_registry("plain", work / "registry")
     try:
         source = f"{registry.host}/demo/app:v1"
-        print(f"building a sample image into oci:{WORK / 'image'} ...", flush=True)
-        image = build_rich_image(WORK / "image", media="docker")
+        print(f"building a sample image into oci:{work / 'image'} ...", flush=True)
+        # No path twice in a layer: containers/storage's zstd:chunked refuses that.
+        image = build_rich_image(work / "image", media="docker", duplicate=False)
         sources = {registry.host: registry.source()}
 
         print(f"pushing it to {source} with skopeo ...", flush=True)
@@ -57,7 +64,12 @@ def main() -> None:
 
         for driver in available_drivers():
             config = write_config(
-                WORK / f"{driver}.yaml", WORK / "work", sources, driver=driver, tag_suffix=SUFFIXES[driver]
+                work / f"{driver}.yaml",
+                work / "work",
+                sources,
+                driver=driver,
+                driver_config=DRIVER_OPTIONS.get(driver, {}),
+                tag_suffix=SUFFIXES[driver],
             )
             print(f"\nconverting {source} with the `{driver}` driver", flush=True)
             summary = json.loads(
@@ -72,7 +84,7 @@ def main() -> None:
                 check=True,
             ).stdout
             print(json.dumps(json.loads(manifest), indent=2))
-        print(f"\nthe registry holds: {source} and its converted tags; config files are in {WORK}")
+        print(f"\nthe registry holds: {source} and its converted tags; config files are in {work}")
     finally:
         registry.close()
 
