@@ -32,6 +32,7 @@ ANNOTATION_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
 ANNOTATION_INDEX_DIGEST = "com.amazon.soci.index-digest"
 ANNOTATION_IMAGE_MANIFEST_DIGEST = "com.amazon.soci.image-manifest-digest"
 
+
 def descriptor(desc: Mapping[str, Any]) -> dict[str, Any]:
     """An OCI descriptor as Go writes it (struct field order, sorted annotations, ordered platform)."""
     return Descriptor.from_dict(dict(desc)).to_dict()
