@@ -74,7 +74,9 @@ def main() -> None:
         shared, t_shared = timed(
             WORK / "w", host, src, args.driver, f"{host}/bench/b:v1", f"{host}/bench/b:out"
         )
-        _, t_alone = timed(WORK / "w2", host, src, args.driver, f"{host}/bench/c:v1", f"{host}/bench/c:out")
+        alone, t_alone = timed(
+            WORK / "w2", host, src, args.driver, f"{host}/bench/c:v1", f"{host}/bench/c:out"
+        )
     finally:
         registry.close()
     print(f"driver {args.driver}; image A: {size_a / 1e6:.0f} MB uncompressed in 2 layers")
@@ -88,6 +90,10 @@ def main() -> None:
         f"misses {shared.cache_misses})"
     )
     print(f"4. B's new layer alone:    {t_alone:6.2f} s")
+    print("   stages of 4: " + ", ".join(f"{k} {v:.2f}" for k, v in alone.timings.items()))
+    for name, result in (("1", cold), ("2", warm), ("3", shared)):
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
+        print(f"   stages of {name}: {stages}")
     ratio = t_shared / t_alone
     print(f"   ratio 3/4 = {ratio:.2f}  goal ≤ 1.2: {'met' if ratio <= 1.2 else 'NOT met'}")
 
