@@ -378,7 +378,6 @@ def test_logs_are_logfmt_with_task_ids(make_acceld: Callable[..., Acceld]) -> No
 ST = Path(sys.executable).parent / "st"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     not ST.exists(), reason="schemathesis is not installed (pip install schemathesis==4.32.5)"
 )
