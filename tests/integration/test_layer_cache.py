@@ -186,3 +186,23 @@ def test_remote_cache_image_is_shared_between_instances(
         "b's three layers first, then a's own"
     )
     assert inspection.converted_by_us is not None
+
+
+def test_reconverting_an_image_reuses_its_merged_bootstrap(
+    registry_plain: RegistryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _images(registry_plain, tmp_path)
+    config = make_config(
+        tmp_path / "work", {registry_plain.host: registry_plain.source()}, driver="nydus", tag_suffix="-n"
+    )
+    first = _convert(config, f"{registry_plain.host}/cache/a:v1")
+
+    def no_merge(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("the merged bootstrap should come from the cache")
+
+    monkeypatch.setattr("accel.drivers.nydus.nydus.merge", no_merge)
+    again = _convert(
+        config, f"{registry_plain.host}/cache/a:v1", target=f"{registry_plain.host}/cache/a:again"
+    )
+    assert again.target_digest == first.target_digest
+    assert (again.cache_hits, again.cache_misses) == (3, 0)

@@ -323,6 +323,10 @@ class CacheSession:
                 self._results[layer.digest] = found
         return found
 
+    def lookup_local(self, key: str, driver_key: str) -> CachedLayer | None:
+        """A local entry by key alone (layers made from a whole image), verified, not counted."""
+        return self._local_hit(Descriptor(mt.OCI_LAYER, key, 0), driver_key)
+
     def remember(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
         with self._lock:
             self._results[layer.digest] = converted

@@ -284,6 +284,12 @@ class _Conversion:
     def remember_layer(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
         self.caches.remember(layer, driver_key, converted)
 
+    def cached_image_layer(self, key: str, driver_key: str) -> CachedLayer | None:
+        return self.caches.lookup_local(key, driver_key)
+
+    def remember_image_layer(self, key: str, driver_key: str, layer: CachedLayer) -> None:
+        self.caches.remember(Descriptor(mt.OCI_LAYER, key, 0), driver_key, layer)
+
     @property
     def scratch_dir(self) -> str:
         path = self.converter.scratch_dir
