@@ -53,10 +53,17 @@ class ZstdChunkedDriver(LayerDriver):
             )
         level = options.get("compression_level")
         chunk = options.get("chunk_size")
+        size = int_option(options, "chunk_size", 1, minimum=2) if chunk else None
+        # containers/storage splits where the rolling sum's low bits are all ones: a power of two.
+        if size is not None and flavour == "storage" and (size & (size - 1) or size > 1 << 20):
+            raise ConfigError(
+                f"converter.driver.config.chunk_size: the storage flavour needs a power of two up to 1 MiB "
+                f"(the average chunk size), got {size}"
+            )
         self.build_options = zstdchunked.ZstdChunkedOptions(
             flavour=flavour,  # type: ignore[arg-type]
             level=int_option(options, "compression_level", 3) if level else None,
-            chunk_size=int_option(options, "chunk_size", 1, minimum=1) if chunk else None,
+            chunk_size=size,
             threads=int_option(options, "threads", 0),
             prioritized_files=prioritized,
         )

@@ -30,6 +30,7 @@ def test_every_driver_is_registered() -> None:
         ("estargz", {"chunk_size": "big"}, "converter.driver.config.chunk_size: expected an integer"),
         ("zstdchunked", {"flavour": "podman"}, "converter.driver.config.flavour"),
         ("zstdchunked", {"prioritized_files": "/bin/sh"}, "only the stargz flavour"),
+        ("zstdchunked", {"chunk_size": "100000"}, "needs a power of two up to 1 MiB"),
         ("nydus", {"fs_version": "5"}, "converter.driver.config.fs_version"),
         ("nydus", {"compressor": "gzip"}, "converter.driver.config.compressor"),
         ("nydus", {"fs_chunk_size": "0x3000"}, "power of two"),

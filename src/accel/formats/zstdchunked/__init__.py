@@ -1,7 +1,8 @@
 """zstd:chunked layers in both flavours.
 
 * ``flavour="storage"`` (default): containers/storage's format (podman, CRI-O, buildah). The original tar
-  bytes are kept, so the diff_id does not change; tar-split, ``zeros`` chunks, 64-byte footer, annotations
+  bytes are kept, so the diff_id does not change; tar-split, the same rolling-checksum and ``zeros`` chunks
+  as containers/storage (chunk digests deduplicate with its layers), 64-byte footer, annotations
   ``io.github.containers.zstd-chunked.*``.
 * ``flavour="stargz"``: stargz-snapshotter's format (containerd): the eStargz layout in zstd frames, 40-byte
   footer, annotations ``io.containers.zstd-chunked.*`` plus ``containerd.io/snapshot/stargz/toc.digest``;
@@ -44,8 +45,9 @@ Flavour = Literal["storage", "stargz"]
 
 @dataclass(frozen=True, slots=True)
 class ZstdChunkedOptions:
-    """``level`` None = 3. ``chunk_size`` None = 64 KiB (storage) / 4 MiB (stargz).
-    ``prioritized_files`` applies to the stargz flavour only."""
+    """``level`` None = 3. ``chunk_size`` None = 64 KiB (storage) / 4 MiB (stargz); for the storage
+    flavour it is the rolling checksum's average chunk size and must be a power of two (only the default
+    gives containers/storage's chunks). ``prioritized_files`` applies to the stargz flavour only."""
 
     flavour: Flavour = "storage"
     level: int | None = None

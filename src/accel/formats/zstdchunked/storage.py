@@ -2,9 +2,9 @@
 not change), a frame per file chunk, then the manifest (TOC), the tar-split and a 64-byte footer, each in a
 zstd skippable frame.
 
-Chunks are fixed-size pieces of the payload plus ``zeros`` chunks for runs of at least 1024 zero bytes.
-containers/storage cuts data chunks with a rolling checksum instead; readers accept any chunking, so only
-cross-image chunk deduplication with podman-built layers is affected.
+Payloads are cut as containers/storage cuts them (:mod:`.rollsum`): rolling-checksum data chunks and
+``zeros`` chunks for runs of at least 1024 zero bytes, so chunk digests match layers built by podman or
+buildah and deduplicate against them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import base64
 import datetime as _dt
 import hashlib
 import json
-import re
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
 
@@ -27,23 +27,30 @@ from accel.formats.estargz.pipeline import MemberWriter
 from accel.formats.estargz.toc import TAR_TYPES
 from accel.formats.tar import TarEntry, check_safe
 from accel.formats.zstdchunked.frames import SKIPPABLE_HEADER_SIZE, StorageFooter, skippable_frame
+from accel.formats.zstdchunked.rollsum import (
+    HOLE_THRESHOLD,
+    MAX_BITS,
+    ROLLSUM_BITS,
+    Reader,
+    SplitFinder,
+    chunk_payloads,
+)
 from accel.formats.zstdchunked.tarsplit import TarSplitWriter
 
 MANIFEST_CHECKSUM_KEY: Final = "io.github.containers.zstd-chunked.manifest-checksum"
 MANIFEST_POSITION_KEY: Final = "io.github.containers.zstd-chunked.manifest-position"
 TARSPLIT_POSITION_KEY: Final = "io.github.containers.zstd-chunked.tarsplit-position"
 MEDIA_TYPE: Final = "application/vnd.oci.image.layer.v1.tar+zstd"
-DEFAULT_CHUNK_SIZE: Final = 64 << 10
-ZEROS_THRESHOLD: Final = 1024
-_READ_BLOCK: Final = 4 << 20
-_ZERO_RUN: Final = bytes(ZEROS_THRESHOLD)
-_NON_ZERO: Final = re.compile(rb"[^\x00]")
+DEFAULT_CHUNK_SIZE: Final = 1 << ROLLSUM_BITS
+ZEROS_THRESHOLD: Final = HOLE_THRESHOLD
 _EPOCH: Final = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class StorageOptions:
-    """``level`` is the zstd level (containers/storage defaults to 10; 3 is several times faster)."""
+    """``level`` is the zstd level (containers/storage defaults to 10; 3 is several times faster).
+    ``chunk_size`` is the average data chunk size, a power of two; the default (64 KiB, 16 bits of the
+    rolling checksum) is the one containers/storage uses and the one that deduplicates with its layers."""
 
     level: int = 3
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -89,29 +96,6 @@ def file_metadata(e: TarEntry) -> dict[str, Any]:
     return out
 
 
-def split_payload(data: bytes, chunk_size: int) -> list[tuple[int, int, bool]]:
-    """(start, end, is zeros) pieces of ``data``: zero runs of >= 1024 bytes, the rest in fixed pieces."""
-    pieces: list[tuple[int, int, bool]] = []
-    pos = 0
-    size = len(data)
-
-    def data_pieces(start: int, end: int) -> None:
-        for off in range(start, end, chunk_size):
-            pieces.append((off, min(off + chunk_size, end), False))
-
-    while pos < size:
-        run = data.find(_ZERO_RUN, pos)
-        if run < 0:
-            data_pieces(pos, size)
-            break
-        match = _NON_ZERO.search(data, run + ZEROS_THRESHOLD)
-        run_end = match.start() if match else size
-        data_pieces(pos, run)
-        pieces.append((run, run_end, True))
-        pos = run_end
-    return pieces
-
-
 class _Chunk:
     __slots__ = ("entry", "file_offset", "member", "size", "zeros")
 
@@ -148,15 +132,14 @@ def _check(entries: list[TarEntry]) -> None:
 def build_storage(src: BinaryIO, dst: BinaryIO, options: StorageOptions | None = None) -> BuildResult:
     """Convert a layer to containers/storage zstd:chunked; the diff_id stays the original tar's."""
     opts = options or StorageOptions()
-    if opts.chunk_size <= 0:
-        raise FormatError(f"chunk size must be positive, got {opts.chunk_size}")
+    bits = rollsum_bits(opts.chunk_size)
     compressor = make_compressor("zstd", opts.level)
     with SpooledLayer(src, tmpdir=opts.tmpdir) as layer:
         entries = list(layer.entries())
         _check(entries)
         writer = MemberWriter(dst, compressor, opts.threads or default_threads())
         try:
-            toc_entries, chunks, ends, tarsplit = _write_frames(layer, entries, writer, opts.chunk_size)
+            toc_entries, chunks, ends, tarsplit = _write_frames(layer, entries, writer, SplitFinder(bits))
             writer.drain()
         finally:
             writer.close()
@@ -166,40 +149,65 @@ def build_storage(src: BinaryIO, dst: BinaryIO, options: StorageOptions | None =
         return result
 
 
+def rollsum_bits(chunk_size: int) -> int:
+    """The rolling checksum bits for an average chunk size (a power of two)."""
+    bits = chunk_size.bit_length() - 1
+    if chunk_size <= 1 or chunk_size != 1 << bits or bits > MAX_BITS:
+        raise FormatError(
+            f"zstd:chunked (containers/storage) chunk size must be a power of two from 2 to {1 << MAX_BITS}"
+            f" (the rolling checksum's average chunk size), got {chunk_size}"
+        )
+    return bits
+
+
+def _reader(layer: SpooledLayer, e: TarEntry) -> Reader:
+    base = e.data_offset
+
+    def read(offset: int, n: int) -> bytes:
+        return layer.pread(base + offset, n)
+
+    return read
+
+
 def _write_frames(
-    layer: SpooledLayer, entries: list[TarEntry], writer: MemberWriter, chunk_size: int
+    layer: SpooledLayer, entries: list[TarEntry], writer: MemberWriter, finder: SplitFinder
 ) -> tuple[list[dict[str, Any]], list[list[_Chunk]], list[int], TarSplitWriter]:
     tarsplit = TarSplitWriter()
     toc: list[dict[str, Any]] = []
     files: list[list[_Chunk]] = []
     ends: list[int] = []  # member index after each file's last chunk
     prev_end = 0
-    for e in entries:
-        raw = layer.pread(prev_end, e.data_offset - prev_end)
-        writer.append(raw)
-        tarsplit.segment(raw)
-        meta = file_metadata(e)
-        toc.append(meta)
-        prev_end = e.data_offset + e.data_length
-        if e.data_length == 0:
-            tarsplit.file(e.name.encode("utf-8"), e.size, None)
-            continue
-        crc: int | None = None
-        whole = hashlib.sha256()
-        pieces: list[_Chunk] = []
-        for block_start in range(0, e.data_length, _READ_BLOCK):
-            block = layer.pread(e.data_offset + block_start, min(_READ_BLOCK, e.data_length - block_start))
-            crc = fastcrc.crc64.go_iso(block, crc)
-            whole.update(block)
-            for start, end, zeros in split_payload(block, chunk_size):
-                member = writer.start_member(block[start:end])
+    payloads = ((_reader(layer, e), e.data_length) for e in entries if e.data_length)
+    with closing(chunk_payloads(payloads, finder)) as cuts:
+        for e in entries:
+            raw = layer.pread(prev_end, e.data_offset - prev_end)
+            writer.append(raw)
+            tarsplit.segment(raw)
+            meta = file_metadata(e)
+            toc.append(meta)
+            prev_end = e.data_offset + e.data_length
+            if e.data_length == 0:
+                tarsplit.file(e.name.encode("utf-8"), e.size, None)
+                continue
+            crc: int | None = None
+            cut = next(cuts)
+            # A single chunk's digest (hashed by the compression worker) is the file's.
+            whole = hashlib.sha256() if len(cut) > 1 else None
+            pieces: list[_Chunk] = []
+            for start, end, zeros in cut:
+                # Zero chunks come from calloc: huge holes cost no resident memory.
+                chunk = bytes(end - start) if zeros else layer.pread(e.data_offset + start, end - start)
+                crc = fastcrc.crc64.go_iso(chunk, crc)
+                if whole is not None:
+                    whole.update(chunk)
+                member = writer.start_member(chunk)
                 writer.close_member()
-                pieces.append(_Chunk(meta, block_start + start, member, end - start, zeros))
-        meta["digest"] = "sha256:" + whole.hexdigest()
-        files.append(pieces)
-        ends.append(pieces[-1].member + 1)
-        assert crc is not None
-        tarsplit.file(e.name.encode("utf-8"), e.size, crc.to_bytes(8, "big"))
+                pieces.append(_Chunk(meta, start, member, end - start, zeros))
+            meta["digest"] = "sha256:" + whole.hexdigest() if whole is not None else None
+            files.append(pieces)
+            ends.append(pieces[-1].member + 1)
+            assert crc is not None
+            tarsplit.file(e.name.encode("utf-8"), e.size, crc.to_bytes(8, "big"))
     tail_start = layer.eof_offset
     writer.append(layer.pread(prev_end, layer.size - prev_end))
     tarsplit.segment(layer.pread(prev_end, tail_start - prev_end))
@@ -219,6 +227,8 @@ def _resolve(
     chunk_entries: dict[int, list[dict[str, Any]]] = {}
     for pieces, end in zip(files, ends, strict=True):
         meta = pieces[0].entry
+        if meta["digest"] is None:
+            meta["digest"] = digests[pieces[0].member]
         meta["offset"] = offsets[pieces[0].member]
         meta["endOffset"] = offsets[end] if end < len(offsets) else frames_end
         if len(pieces) < 2:

@@ -21,9 +21,9 @@ from accel.formats.zstdchunked import (
     open_storage_blob,
     verify_storage,
 )
-from accel.formats.zstdchunked.storage import split_payload
 from accel.formats.zstdchunked.tarsplit import FILE_TYPE, parse_tarsplit
 from tests.support.layers import expected_entries, file_contents, gzipped, layer_with, payload, small_layer
+from tests.unit.formats.zstdchunked.rollsum_reference import reference_pieces
 
 
 def convert(tar: bytes, **options: object) -> tuple[bytes, zstdchunked.BuildResult]:
@@ -73,27 +73,48 @@ def test_verifier_reassembles_the_original() -> None:
     assert checked.entries == len(expected_entries(LAYER))
 
 
+# 63 bytes 0xff then 0xde make the rolling sum's low 16 bits all ones (worked out by hand), so a chunk ends.
+TRIGGER = b"\xff" * 63 + b"\xde"
+
+
 def test_toc_entries_and_chunks() -> None:
-    data = payload(10_000, 7) + bytes(5000) + payload(100, 8)
+    data = payload(10_000, 7) + TRIGGER + payload(3000, 9) + bytes(5000) + payload(100, 8)
     tar = layer_with(
         [("d/", tarfile.DIRTYPE, b""), ("d/f", tarfile.REGTYPE, data), ("d/e", tarfile.REGTYPE, b"")]
     )
-    blob, result = convert(tar, chunk_size=4096)
+    blob, result = convert(tar)
     entries = open_storage_blob(blob).entries
+    want = reference_pieces(data)
+    assert [(s, e, z) for s, e, z in want if z] == [(13_064, 18_064, True)]
+    assert any(e == 10_064 for _, e, _ in want)  # the trigger ends a chunk
     assert [(e["type"], e["name"]) for e in entries] == [
-        ("dir", "d/"), ("reg", "d/f"), ("chunk", "d/f"), ("chunk", "d/f"), ("chunk", "d/f"), ("chunk", "d/f"),
-        ("reg", "d/e"),
+        ("dir", "d/"), ("reg", "d/f"), *[("chunk", "d/f")] * (len(want) - 1), ("reg", "d/e"),
     ]  # fmt: skip
     f = entries[1]
-    pieces = entries[1:6]
-    assert [p.get("chunkOffset", 0) for p in pieces] == [0, 4096, 8192, 10_000, 15_000]
-    assert [p["chunkSize"] for p in pieces] == [4096, 4096, 1808, 5000, 100]
-    assert [p.get("chunkType", "") for p in pieces] == ["", "", "", "zeros", ""]
+    pieces = entries[1 : 1 + len(want)]
+    assert [p.get("chunkOffset", 0) for p in pieces] == [s for s, _, _ in want]
+    assert [p["chunkSize"] for p in pieces] == [e - s for s, e, _ in want]
+    assert [p.get("chunkType", "") for p in pieces] == ["zeros" if z else "" for _, _, z in want]
+    assert [p["chunkDigest"] for p in pieces] == [
+        "sha256:" + hashlib.sha256(data[s:e]).hexdigest() for s, e, _ in want
+    ]
     assert f["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
     assert f["endOffset"] > pieces[-1]["offset"] > f["offset"]
     assert entries[0]["modtime"] == "2023-11-14T22:13:20Z" and entries[0]["mode"] == 0o644
-    assert "digest" not in entries[6] and "offset" not in entries[6]
+    assert "digest" not in entries[-1] and "offset" not in entries[-1]
     verify_storage(blob, result.toc_digest, original=io.BytesIO(tar))
+
+
+def test_chunk_size_sets_the_rolling_checksum_bits() -> None:
+    data = payload(200_000, 3)
+    tar = layer_with([("f", tarfile.REGTYPE, data)])
+    blob, result = convert(tar, chunk_size=4096)
+    pieces = [e for e in open_storage_blob(blob).entries if e["name"] == "f"]
+    assert [p["chunkSize"] for p in pieces] == [e - s for s, e, _ in reference_pieces(data, bits=12)]
+    verify_storage(blob, result.toc_digest, original=io.BytesIO(tar))
+    for bad in (1000, 1, 1 << 21):
+        with pytest.raises(FormatError, match="power of two"):
+            convert(tar, chunk_size=bad)
 
 
 def test_single_chunk_files_have_no_chunk_fields() -> None:
@@ -171,21 +192,6 @@ def test_tarsplit_digest_is_checked() -> None:
     opened.tarsplit_compressed += b"x"
     with pytest.raises(FormatError, match="tar-split digest"):
         verify_storage(opened, result.toc_digest)
-
-
-@pytest.mark.parametrize(
-    ("data", "want"),
-    [
-        (b"", []),
-        (b"a" * 10, [(0, 10, False)]),
-        (bytes(1024), [(0, 1024, True)]),
-        (bytes(1023), [(0, 1023, False)]),
-        (b"a" + bytes(2000) + b"b" * 9, [(0, 1, False), (1, 2001, True), (2001, 2010, False)]),
-        (b"x" * 9, [(0, 4, False), (4, 8, False), (8, 9, False)]),
-    ],
-)
-def test_split_payload(data: bytes, want: list[tuple[int, int, bool]]) -> None:
-    assert split_payload(data, 4 if len(data) == 9 else 4096) == want
 
 
 def test_manifest_json_is_compact_and_versioned() -> None:
