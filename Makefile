@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := docker-registry skopeo erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev
+SYSTEM_PACKAGES := docker-registry skopeo erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev libdeflate0
 
 .PHONY: demo test lint typecheck unit bench system-deps clean
 

@@ -3,7 +3,8 @@
 Options (``converter.driver.config``, strings as upstream): ``compression_level`` (default: the
 reference's gzip level 9 size at a fraction of its time, see ``accel.formats.estargz``), ``chunk_size``
 (4 MiB), ``min_chunk_size``, ``prioritized_files`` (landmark ordering), ``threads`` (compression threads
-per layer; 0 = the cores), ``compressor`` (``zlib-ng`` or ``isal``, the fast setting). Upstream's
+per layer; 0 = the cores), ``compressor`` (``libdeflate``, the default where the system library is
+installed, else ``zlib-ng``; ``isal``, the fast setting). Upstream's
 ``compression: zstdchunked`` selects the zstd:chunked driver in the stargz-snapshotter flavour, which is
 what upstream produced with it; ``docker2oci`` is accepted (output is always OCI).
 
@@ -52,7 +53,9 @@ class EStargzDriver(LayerDriver):
         bool_option(options, "docker2oci")
         choice_option(options, "compression", ("estargz", "zstdchunked"), "estargz")
         level = options.get("compression_level")
-        backend = choice_option(options, "compressor", ("zlib-ng", "isal"), "zlib-ng")
+        backend = choice_option(
+            options, "compressor", ("libdeflate", "zlib-ng", "isal"), estargz.DEFAULT_BACKEND
+        )
         self.build_options = estargz.BuildOptions(
             compression_level=int_option(options, "compression_level", 0) if level else None,
             chunk_size=int_option(options, "chunk_size", estargz.DEFAULT_CHUNK_SIZE, minimum=1),

@@ -59,6 +59,7 @@ CASES = {
     "pax-default": (lambda: edge_layer(), esgz()),
     "gnu-default": (lambda: edge_layer(fmt=tarfile.GNU_FORMAT), esgz()),
     "gzip-input-isal": (lambda: gzipped(edge_layer()), esgz(backend="isal")),
+    "zlib-ng": (lambda: edge_layer(), esgz(backend="zlib-ng")),
     "zstd-input-level1": (lambda: zstded(edge_layer()), esgz(compression_level=1)),
     "prioritized": (lambda: edge_layer(), esgz(prioritized_files=PRIORITIZED, compression_level=1)),
     "min-chunk-size": (lambda: edge_layer(), esgz(min_chunk_size=1 << 20, compression_level=1)),

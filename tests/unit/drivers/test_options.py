@@ -25,7 +25,7 @@ def test_every_driver_is_registered() -> None:
         (
             "estargz",
             {"compressor": "gzip"},
-            "converter.driver.config.compressor: expected one of zlib-ng, isal",
+            "converter.driver.config.compressor: expected one of libdeflate, zlib-ng, isal",
         ),
         ("estargz", {"chunk_size": "big"}, "converter.driver.config.chunk_size: expected an integer"),
         ("zstdchunked", {"flavour": "podman"}, "converter.driver.config.flavour"),

@@ -20,6 +20,7 @@ from accel.formats.estargz.builder import (
     BuildResult,
     build,
 )
+from accel.formats.estargz.compress import DEFAULT_BACKEND, libdeflate_available
 from accel.formats.estargz.footer import FOOTER_SIZE, encode_footer, parse_footer
 from accel.formats.estargz.reader import (
     Blob,
@@ -43,6 +44,7 @@ from accel.formats.estargz.toc import (
 MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 __all__ = [
+    "DEFAULT_BACKEND",
     "DEFAULT_CHUNK_SIZE",
     "FOOTER_SIZE",
     "MEDIA_TYPE",
@@ -64,6 +66,7 @@ __all__ = [
     "encode_footer",
     "encode_toc",
     "is_estargz",
+    "libdeflate_available",
     "open_blob",
     "parse_footer",
     "verify",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
 from accel.errors import FormatError
-from accel.formats.estargz.compress import Backend, Compressor, make_compressor
+from accel.formats.estargz.compress import DEFAULT_BACKEND, Backend, Compressor, make_compressor
 from accel.formats.estargz.footer import encode_footer
 from accel.formats.estargz.layerinput import SpooledLayer
 from accel.formats.estargz.pipeline import MemberWriter
@@ -37,7 +37,8 @@ UNCOMPRESSED_SIZE_ANNOTATION: Final = "io.containers.estargz.uncompressed-size"
 class BuildOptions:
     """Options of :func:`build`.
 
-    ``compression_level`` None picks the backend's default (zlib-ng 9, isal 2, zstd 3). ``min_chunk_size``
+    ``backend`` defaults to libdeflate when the system has it, else zlib-ng. ``compression_level`` None
+    picks the backend's default (libdeflate 6, the zlib-ng 6/9 mix, isal 2, zstd 3). ``min_chunk_size``
     merges a file's last piece into the previous chunk when it would be shorter (v0.12 readers have no
     ``innerOffset``, so small files never share a member). ``threads`` 0 = the CPUs available to us.
     """
@@ -48,7 +49,7 @@ class BuildOptions:
     prioritized_files: tuple[str, ...] = ()
     allow_prioritize_not_found: bool = False
     threads: int = 0
-    backend: Backend = "zlib-ng"
+    backend: Backend = DEFAULT_BACKEND
     tmpdir: str | None = None
 
 
@@ -169,6 +170,7 @@ class _TocBuilder:
     def __init__(self) -> None:
         self.entries: list[TOCEntry] = []
         self._members: list[tuple[TOCEntry, int, bool]] = []  # (entry, member index, is single-chunk reg)
+        self._wholes: list[tuple[TOCEntry, hashlib._Hash]] = []  # files of several chunks and their hash
         self._last_uname: dict[int, str] = {}
         self._last_gname: dict[int, str] = {}
 
@@ -190,7 +192,7 @@ class _TocBuilder:
             gid=e.gid,
             userName=self._if_changed(self._last_uname, e.uid, e.uname),
             groupName=self._if_changed(self._last_gname, e.gid, e.gname),
-            xattrs=pax_xattrs(e),
+            xattrs=pax_xattrs(e) if e.pax_records else {},
         )
         if kind in ("symlink", "hardlink"):
             toc.linkName = e.linkname
@@ -211,7 +213,15 @@ class _TocBuilder:
             self.entries.append(entry)
         self._members.append((entry, member, single))
 
+    def whole(self, entry: TOCEntry) -> hashlib._Hash:
+        """The hash the chunks of ``entry`` (a file of several chunks) are fed to, in order."""
+        hasher = hashlib.sha256()
+        self._wholes.append((entry, hasher))
+        return hasher
+
     def resolve(self, offsets: list[int], digests: list[str | None]) -> None:
+        for entry, hasher in self._wholes:
+            entry.digest = "sha256:" + hasher.hexdigest()
         for entry, member, single in self._members:
             entry.offset = offsets[member]
             digest = digests[member]
@@ -223,6 +233,8 @@ class _TocBuilder:
 
 def _chunks(size: int, chunk_size: int, min_chunk_size: int) -> list[tuple[int, int, bool]]:
     """(offset, length, is a full chunk) pieces of a file of ``size`` bytes."""
+    if size <= chunk_size:
+        return [(0, size, size == chunk_size)]
     out: list[tuple[int, int, bool]] = []
     off = 0
     while off < size:
@@ -243,8 +255,13 @@ def write_entries(
     chunk_size: int,
     min_chunk_size: int,
 ) -> None:
-    """Emit every entry (a ``str`` stands for a landmark of that name) as eStargz members."""
-    for item in ordered:
+    """Emit every entry (a ``str`` stands for a landmark of that name) as eStargz members; file contents
+    are ranges of the layer's file, which ``writer`` reads from ``layer.fd``. Consumes ``ordered`` (so
+    the parsed entries are freed as the TOC entries are made)."""
+    base = layer.base
+    ordered.reverse()
+    while ordered:
+        item = ordered.pop()
         if isinstance(item, str):
             landmark = toc.add(_landmark_entry(item))
             writer.append(encode_header(GoHeader(item, size=len(LANDMARK_CONTENTS))))
@@ -257,15 +274,11 @@ def write_entries(
         if entry.type != "reg" or item.size == 0:
             continue
         pieces = _chunks(item.size, chunk_size, min_chunk_size)
-        whole = hashlib.sha256() if len(pieces) > 1 else None
+        whole = toc.whole(entry) if len(pieces) > 1 else None
+        start = base + item.data_offset
         for off, length, full in pieces:
-            data = layer.view(item.data_offset + off, length)
-            if whole is not None:
-                whole.update(data)
-            member = writer.start_member(data)
+            member = writer.start_member_range(start + off, length, whole)
             toc.chunk(entry, member, off, length, full, whole is None)
-        if whole is not None:
-            entry.digest = "sha256:" + whole.hexdigest()
         writer.append(padding(item.size))
 
 
@@ -316,7 +329,7 @@ def _build(
     missed: list[str] | None = [] if opts.allow_prioritize_not_found else None
     layer, ordered, count = prepare(src, opts, missed)
     threads = opts.threads or default_threads()
-    writer = MemberWriter(dst, compressor, threads)
+    writer = MemberWriter(dst, compressor, threads, source_fd=layer.fd)
     try:
         with layer:
             toc = _TocBuilder()

@@ -1,10 +1,14 @@
 """Member compressors: each call turns some uncompressed bytes into one complete gzip member or zstd frame.
 
-All backends release the GIL while compressing, so members are compressed on worker threads.
+All backends release the GIL while compressing, so members are compressed on worker threads (libdeflate is
+called through ctypes, which releases it too).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import threading
 from collections.abc import Sequence
 from typing import Final, Literal, Protocol
@@ -16,7 +20,7 @@ import zstandard
 from accel.errors import FormatError
 
 Buffer = bytes | bytearray | memoryview
-Backend = Literal["zlib-ng", "isal", "zstd"]
+Backend = Literal["libdeflate", "zlib-ng", "isal", "zstd"]
 
 # Default zlib-ng setting: level 6, with one MiB in every three of the uncompressed stream at level 9.
 # Go's default (gzip 9 with its own deflate) lands between zlib-ng 7 and 8 in size; zlib-ng 7 is ~2x slower
@@ -28,6 +32,7 @@ DEFAULT_GZIP_STRONG_LEVEL: Final = 9
 STRONG_WINDOW: Final = 1 << 20
 STRONG_EVERY: Final = 3
 DEFAULT_ISAL_LEVEL: Final = 2
+DEFAULT_LIBDEFLATE_LEVEL: Final = 6
 DEFAULT_ZSTD_LEVEL: Final = 3
 
 
@@ -62,6 +67,113 @@ class _GzipCompressor:
         return b"".join(out)
 
 
+def _load_libdeflate() -> ctypes.CDLL | None:
+    """The system's libdeflate (Debian: libdeflate0), through ctypes, which releases the GIL on calls."""
+    for name in (ctypes.util.find_library("deflate"), "libdeflate.so.0"):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.libdeflate_alloc_compressor.restype = ctypes.c_void_p
+        lib.libdeflate_alloc_compressor.argtypes = [ctypes.c_int]
+        lib.libdeflate_free_compressor.restype = None
+        lib.libdeflate_free_compressor.argtypes = [ctypes.c_void_p]
+        lib.libdeflate_gzip_compress_bound.restype = ctypes.c_size_t
+        lib.libdeflate_gzip_compress_bound.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.libdeflate_gzip_compress.restype = ctypes.c_size_t
+        lib.libdeflate_gzip_compress.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
+        return lib
+    return None
+
+
+_LIBDEFLATE: Final = _load_libdeflate()
+
+
+def _address(data: Buffer) -> tuple[object, int]:
+    """(an object keeping the memory alive, its address) for a contiguous buffer, without copying."""
+    if isinstance(data, bytes):
+        return data, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+    view = memoryview(data)
+    if view.readonly:
+        copy = bytes(view)
+        return copy, ctypes.cast(ctypes.c_char_p(copy), ctypes.c_void_p).value or 0
+    arr = (ctypes.c_char * view.nbytes).from_buffer(view)
+    return arr, ctypes.addressof(arr)
+
+
+class _LibdeflateCompressor:
+    """One gzip member per call from a contiguous buffer; one native compressor per thread and level."""
+
+    name = "libdeflate"
+
+    def __init__(self, lib: ctypes.CDLL, level: int) -> None:
+        self.level = level
+        self._lib = lib
+        self._local = threading.local()
+
+    @property
+    def mixes_levels(self) -> bool:
+        return False
+
+    def _handle(self) -> int:
+        local = self._local
+        handle: int | None = getattr(local, "handle", None)
+        if handle is None:
+            handle = self._lib.libdeflate_alloc_compressor(self.level)
+            if not handle:
+                raise MemoryError("libdeflate_alloc_compressor failed")
+            # Freed with the thread's locals (worker threads end with the builder's pool).
+            local.handle, local.free, local.out = handle, _Free(self._lib, handle), None
+        return handle
+
+    def compress_at(self, address: int, size: int) -> bytes:
+        """A gzip member of the ``size`` bytes at ``address`` (memory the caller keeps alive)."""
+        handle = self._handle()
+        bound = self._lib.libdeflate_gzip_compress_bound(handle, size)
+        out = self._local.out
+        if out is None or len(out) < bound:
+            out = self._local.out = ctypes.create_string_buffer(max(bound, 1 << 20))
+        dst = ctypes.addressof(out)
+        n = self._lib.libdeflate_gzip_compress(handle, address, size, dst, bound)
+        if n == 0:
+            raise FormatError("libdeflate: gzip compression failed")
+        return ctypes.string_at(dst, n)
+
+    def compress(self, parts: Sequence[Buffer], strong: bool = False) -> bytes:
+        data: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
+        keep, address = _address(data)
+        result = self.compress_at(address, memoryview(data).nbytes)
+        del keep
+        return result
+
+
+class _Free:
+    def __init__(self, lib: ctypes.CDLL, handle: int) -> None:
+        self._lib = lib
+        self._handle = handle
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit ctypes may already be torn down
+            self._lib.libdeflate_free_compressor(self._handle)
+
+
+def libdeflate_available() -> bool:
+    return _LIBDEFLATE is not None
+
+
+# libdeflate 6 is both smaller than Go's gzip 9 output (-2.4 % on a 565 MB /usr/lib layer, -1.2 % on a
+# 433 MB /usr/share one) and ~1.6x cheaper than the zlib-ng 6/9 mix, which stays the fallback.
+DEFAULT_BACKEND: Final[Backend] = "libdeflate" if _LIBDEFLATE is not None else "zlib-ng"
+
+
 class _ZstdCompressor:
     name = "zstd"
 
@@ -93,6 +205,13 @@ def make_compressor(backend: Backend, level: int | None = None) -> Compressor:
         if not 0 <= level <= 9:
             raise FormatError(f"zlib-ng level {level} out of range 0..9")
         return _GzipCompressor("zlib-ng", _zng, level)
+    if backend == "libdeflate":
+        if _LIBDEFLATE is None:
+            raise FormatError("libdeflate is not installed (Debian: libdeflate0)")
+        lvl = DEFAULT_LIBDEFLATE_LEVEL if level is None else level
+        if not 0 <= lvl <= 12:
+            raise FormatError(f"libdeflate level {lvl} out of range 0..12")
+        return _LibdeflateCompressor(_LIBDEFLATE, lvl)
     if backend == "isal":
         lvl = DEFAULT_ISAL_LEVEL if level is None else level
         if not 0 <= lvl <= 3:

@@ -3,9 +3,7 @@ while it is parsed, so one pass over the input both indexes the entries and keep
 
 from __future__ import annotations
 
-import contextlib
 import io
-import mmap
 import os
 import stat
 import tempfile
@@ -27,6 +25,9 @@ _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
     cast("type[BaseException]", _isal_zlib.error),
     zstandard.ZstdError,
 )
+
+
+_READ = 32 << 10  # bytes per read while parsing an uncompressed file in place
 
 
 class _Tee(io.RawIOBase):
@@ -56,8 +57,9 @@ class _Tee(io.RawIOBase):
         return len(data)
 
 
-class _Window(io.RawIOBase):
-    """Sequential reads of a regular file from ``base`` on, with pread (seekable so the parser skips)."""
+class _Window:
+    """Reads of a regular file from ``base`` on, with pread. Reads are short (``_READ`` bytes at most) and
+    ``skip`` moves without reading, so parsing reads the headers and little of the contents."""
 
     def __init__(self, fd: int, base: int, size: int) -> None:
         self._fd = fd
@@ -65,25 +67,24 @@ class _Window(io.RawIOBase):
         self._size = size
         self._pos = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = {0: 0, 1: self._pos, 2: self._size}[whence] + offset
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = max(0, min(len(buf), self._size - self._pos))
-        data = os.pread(self._fd, n, self._base + self._pos)
-        memoryview(buf).cast("B")[: len(data)] = data
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._pos
+        n = left if n < 0 else min(n, left)
+        data = os.pread(self._fd, min(n, _READ), self._base + self._pos) if n > 0 else b""
         self._pos += len(data)
-        return len(data)
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        view = memoryview(buf).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        got = os.preadv(self._fd, [view[:n]], self._base + self._pos) if n else 0
+        self._pos += got
+        return got
+
+    def skip(self, n: int) -> int:
+        step = max(0, min(n, self._size - self._pos))
+        self._pos += step
+        return step
 
 
 def _regular_file(src: BinaryIO) -> tuple[int, int, int] | None:
@@ -109,15 +110,13 @@ class SpooledLayer:
     def __init__(self, src: BinaryIO, *, tmpdir: str | None = None) -> None:
         self._file: IO[bytes] | None = None
         self._tee: _Tee | None = None
-        self._map: mmap.mmap | None = None
-        self._map_tried = False
         direct = _regular_file(src)
         head = os.pread(direct[0], 4, direct[1]) if direct is not None else src.read(4)
         self.compression: Compression = sniff(head)
         self.size = 0
         if direct is not None and self.compression == "none":
             self._fd, self._base, self.size = direct
-            self._reader = TarReader(io.BufferedReader(_Window(self._fd, self._base, self.size), 1 << 20))
+            self._reader = TarReader(_Window(self._fd, self._base, self.size))  # type: ignore[arg-type]
             return
         if direct is not None:
             src.seek(4, io.SEEK_CUR)
@@ -156,25 +155,17 @@ class SpooledLayer:
             raise FormatError(f"layer: short read at {offset}")
         return data
 
-    def view(self, offset: int, n: int) -> memoryview | bytes:
-        """Like :meth:`pread` but without a copy when the layer can be memory-mapped (after parsing)."""
-        if self._map is None and self._map_tried is False:
-            self._map_tried = True
-            try:
-                self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):
-                self._map = None
-        if self._map is None or self._base + offset + n > len(self._map):
-            return self.pread(offset, n)
-        start = self._base + offset
-        return memoryview(self._map)[start : start + n]
+    @property
+    def fd(self) -> int:
+        """The file holding the plain tar (complete once :meth:`entries` is exhausted)."""
+        return self._fd
+
+    @property
+    def base(self) -> int:
+        """Where the tar starts in :attr:`fd`."""
+        return self._base
 
     def close(self) -> None:
-        if self._map is not None:
-            # A view may still be alive on an error path; the map then goes with its last reference.
-            with contextlib.suppress(BufferError):
-                self._map.close()
-            self._map = None
         if self._file is not None:
             self._file.close()
 

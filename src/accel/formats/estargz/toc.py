@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
+import functools
 import json
 import posixpath
 from dataclasses import dataclass, field
@@ -104,8 +105,13 @@ def format_modtime(secs: int, nsec: int = 0) -> str:
     """Go's formatModtime: "" when the Unix seconds are 0, else UTC rounded half-up to the second."""
     if secs == 0:
         return ""
+    return _format_seconds(secs + (nsec + 500_000_000) // 1_000_000_000)
+
+
+@functools.lru_cache(maxsize=1 << 14)  # files of a layer share few mtimes; datetime costs ~10 us a call
+def _format_seconds(secs: int) -> str:
     try:
-        when = _EPOCH + _dt.timedelta(seconds=secs + (nsec + 500_000_000) // 1_000_000_000)
+        when = _EPOCH + _dt.timedelta(seconds=secs)
     except OverflowError:
         raise FormatError(f"mtime {secs} out of range") from None
     date = f"{when.year:04d}-{when.month:02d}-{when.day:02d}"
@@ -114,8 +120,11 @@ def format_modtime(secs: int, nsec: int = 0) -> str:
 
 def encode_toc(entries: list[TOCEntry]) -> bytes:
     """Compact JSON of the TOC; readers don't care about formatting and the digest covers these bytes."""
-    doc = {"version": 1, "entries": [e.to_json() for e in entries]}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # Entry by entry (the same bytes as one json.dumps of the document) so that a layer's worth of
+    # intermediate dicts never exists at once.
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    body = ",".join([encode(e.to_json()) for e in entries])
+    return ('{"version":1,"entries":[' + body + "]}").encode("utf-8")
 
 
 def _int(obj: dict[str, Any], key: str, where: str) -> int:

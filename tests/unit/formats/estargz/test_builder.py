@@ -6,12 +6,14 @@ import gzip
 import hashlib
 import io
 import tarfile
+from pathlib import Path
 
 import pytest
 import zstandard
 
 from accel.errors import FormatError
 from accel.formats.estargz import (
+    DEFAULT_BACKEND,
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     TOC_DIGEST_ANNOTATION,
@@ -20,9 +22,11 @@ from accel.formats.estargz import (
     BuildResult,
     TOCEntry,
     build,
+    libdeflate_available,
     open_blob,
     verify,
 )
+from accel.formats.estargz.compress import make_compressor
 from accel.formats.estargz.footer import parse_footer
 from tests.support.layers import (
     BINARY_XATTR,
@@ -148,11 +152,69 @@ def test_min_chunk_size_merges_a_short_last_piece() -> None:
     verify(blob, result.toc_digest)
 
 
-def test_output_does_not_depend_on_threads() -> None:
+BACKENDS = [
+    "zlib-ng",
+    "isal",
+    pytest.param(
+        "libdeflate",
+        marks=pytest.mark.skipif(not libdeflate_available(), reason="libdeflate0 is not installed"),
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_does_not_depend_on_threads(backend: str) -> None:
     tar = sized_layer()
-    one, r1 = convert(tar, chunk_size=CHUNK, threads=1)
-    two, r2 = convert(tar, chunk_size=CHUNK, threads=3)
+    one, r1 = convert(tar, chunk_size=CHUNK, threads=1, backend=backend)
+    two, r2 = convert(tar, chunk_size=CHUNK, threads=3, backend=backend)
     assert one == two and r1 == r2
+    assert verify(one, r1.toc_digest).diff_id == r1.diff_id
+
+
+def test_regular_file_input_is_read_in_place_from_its_position(tmp_path: Path) -> None:
+    tar = sized_layer()
+    path = tmp_path / "layer"
+    path.write_bytes(b"x" * 1000 + tar)
+    out = io.BytesIO()
+    with path.open("rb") as src:
+        src.seek(1000)
+        result = build(src, out, BuildOptions(chunk_size=CHUNK))
+    assert (out.getvalue(), result) == convert(tar, chunk_size=CHUNK)
+
+
+def test_default_backend_is_libdeflate_when_the_system_has_it() -> None:
+    assert ("libdeflate" if libdeflate_available() else "zlib-ng") == DEFAULT_BACKEND
+    assert BuildOptions().backend == DEFAULT_BACKEND
+
+
+@pytest.mark.skipif(not libdeflate_available(), reason="libdeflate0 is not installed")
+@pytest.mark.parametrize("level", [0, 1, 12])
+def test_libdeflate_members_are_plain_gzip(level: int) -> None:
+    blob, result = convert(sized_layer(), chunk_size=CHUNK, backend="libdeflate", compression_level=level)
+    plain = gzip.decompress(blob)  # every member, the footer's empty one included
+    assert len(plain) == result.uncompressed_size
+    assert "sha256:" + hashlib.sha256(plain).hexdigest() == result.diff_id
+    assert verify(blob, result.toc_digest).diff_id == result.diff_id
+
+
+@pytest.mark.skipif(not libdeflate_available(), reason="libdeflate0 is not installed")
+def test_libdeflate_compressor_takes_any_buffer() -> None:
+    compressor = make_compressor("libdeflate", 9)
+    data = payload(300_000, 7)
+    cases: list[list[bytes | bytearray | memoryview]] = [
+        [data],
+        [bytearray(data)],
+        [memoryview(data)],  # read-only: copied
+        [data[:5], memoryview(bytearray(data[5:]))],
+    ]
+    for parts in cases:
+        assert gzip.decompress(compressor.compress(parts)) == data
+    assert gzip.decompress(compressor.compress([b""])) == b""
+
+
+def test_libdeflate_level_out_of_range_is_refused() -> None:
+    with pytest.raises(FormatError, match="libdeflate"):
+        convert(small_layer(), backend="libdeflate", compression_level=13)
 
 
 @pytest.mark.parametrize("wrap", [gzipped, zstded], ids=["gzip", "zstd"])
@@ -181,7 +243,7 @@ def test_non_seekable_input_is_spooled() -> None:
     verify(out.getvalue(), result.toc_digest)
 
 
-@pytest.mark.parametrize("backend", ["zlib-ng", "isal"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("level", [1, None])
 def test_backends_and_levels_verify(backend: str, level: int | None) -> None:
     blob, result = convert(small_layer(), backend=backend, compression_level=level)
