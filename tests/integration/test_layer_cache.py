@@ -206,3 +206,18 @@ def test_reconverting_an_image_reuses_its_merged_bootstrap(
     )
     assert again.target_digest == first.target_digest
     assert (again.cache_hits, again.cache_misses) == (3, 0)
+
+
+def test_cached_layers_are_mounted_even_when_the_store_still_has_them(
+    registry_plain: RegistryServer, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    _images(registry_plain, tmp_path)
+    config = make_config(
+        tmp_path / "work", {fault_proxy.host: registry_plain.source()}, driver="estargz", tag_suffix="-esgz"
+    )
+    _convert(config, f"{fault_proxy.host}/cache/a:v1")
+    fault_proxy.clear()
+    second = _convert(config, f"{fault_proxy.host}/cache/b:v1")
+    assert second.cache_hits == 2
+    # Only b's own converted layer and its config are uploaded; the shared ones are mounted from cache/a.
+    assert fault_proxy.count("PUT", r"^/v2/cache/b/blobs/uploads/") == 2

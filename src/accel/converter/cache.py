@@ -394,8 +394,9 @@ class CacheSession:
         return found
 
     def _locate(self, digest: str, locations: list[str]) -> bool:
-        """Whether the blob can be had: in the store, in the target, or from a place it was seen."""
-        if self.store.has(digest) or self.target.has_blob(digest):
+        """Whether the blob can be had: in the target, from a place it was seen (a mount costs nothing),
+        or, last, in the local store (an upload)."""
+        if self.target.has_blob(digest):
             return True
         for location in locations:
             repository = self._repository_at(location)
@@ -403,7 +404,7 @@ class CacheSession:
                 with self._lock:
                     self.origins[digest] = repository
                 return True
-        return False
+        return self.store.has(digest)
 
     def _repository_at(self, location: str) -> ImageRepository | None:
         # Only places on the target's own registry (mountable, and configured) or local layouts.
