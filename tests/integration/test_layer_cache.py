@@ -21,12 +21,13 @@ pytestmark = pytest.mark.integration
 SOURCE_BLOB_GET = r"^/v2/cache/[ab]/blobs/sha256:"
 
 
-def _images(registry: RegistryServer, tmp_path: Path) -> tuple[list[str], list[str]]:
-    """Two images sharing their first and last layers; returns their layer digests."""
+def _images(registry: RegistryServer, tmp_path: Path, repo: str = "cache") -> tuple[list[str], list[str]]:
+    """Two images sharing their first and last layers, as ``<repo>/a:v1`` and ``<repo>/b:v1``; returns
+    their layer digests."""
     a = build_rich_image(tmp_path / "a", payload_size=0)
     b = build_rich_image(tmp_path / "b", payload_size=256 << 10)
-    push_layout(a.layout, f"{registry.host}/cache/a:v1", tls_verify=False)
-    push_layout(b.layout, f"{registry.host}/cache/b:v1", tls_verify=False)
+    push_layout(a.layout, f"{registry.host}/{repo}/a:v1", tls_verify=False)
+    push_layout(b.layout, f"{registry.host}/{repo}/b:v1", tls_verify=False)
     layers_a = [layer.digest for layer in a.images[0].layers]
     layers_b = [layer.digest for layer in b.images[0].layers]
     assert layers_a[0] == layers_b[0] and layers_a[2] == layers_b[2] and layers_a[1] != layers_b[1]
@@ -211,13 +212,15 @@ def test_reconverting_an_image_reuses_its_merged_bootstrap(
 def test_cached_layers_are_mounted_even_when_the_store_still_has_them(
     registry_plain: RegistryServer, fault_proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    _images(registry_plain, tmp_path)
+    # Repositories of this test's own: no earlier test has put converted blobs there.
+    repo = f"mounted-{tmp_path.name.lower()}"
+    _images(registry_plain, tmp_path, repo)
     config = make_config(
         tmp_path / "work", {fault_proxy.host: registry_plain.source()}, driver="estargz", tag_suffix="-esgz"
     )
-    _convert(config, f"{fault_proxy.host}/cache/a:v1")
+    _convert(config, f"{fault_proxy.host}/{repo}/a:v1")
     fault_proxy.clear()
-    second = _convert(config, f"{fault_proxy.host}/cache/b:v1")
+    second = _convert(config, f"{fault_proxy.host}/{repo}/b:v1")
     assert second.cache_hits == 2
-    # Only b's own converted layer and its config are uploaded; the shared ones are mounted from cache/a.
-    assert fault_proxy.count("PUT", r"^/v2/cache/b/blobs/uploads/") == 2
+    # Only b's own converted layer and its config are uploaded; the shared ones are mounted from a.
+    assert fault_proxy.count("PUT", rf"^/v2/{repo}/b/blobs/uploads/") == 2
