@@ -192,8 +192,31 @@ class _Document:
     _raw: bytes | None = None
     _snapshot: dict[str, Any] | None = None
 
+    schema_version: int
+    media_type: str | None
+    artifact_type: str | None
+    subject: Descriptor | None
+    annotations: dict[str, str]
+    extra: dict[str, Any]
+
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _encode(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The fields manifests and indexes share, around ``body``, in the Go structs' order."""
+        out: dict[str, Any] = {"schemaVersion": self.schema_version}
+        if self.media_type:
+            out["mediaType"] = self.media_type
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        out.update(body)
+        if self.subject is not None:
+            out["subject"] = self.subject.to_dict()
+        if self.annotations:
+            out["annotations"] = dict(sorted(self.annotations.items()))
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
 
     def _remember(self, raw: bytes | Mapping[str, Any]) -> None:
         if isinstance(raw, bytes | bytearray | memoryview):
@@ -265,20 +288,7 @@ class Manifest(_Document):
         return manifest
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schemaVersion": self.schema_version}
-        if self.media_type:
-            out["mediaType"] = self.media_type
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        out["config"] = self.config.to_dict()
-        out["layers"] = [d.to_dict() for d in self.layers]
-        if self.subject is not None:
-            out["subject"] = self.subject.to_dict()
-        if self.annotations:
-            out["annotations"] = dict(sorted(self.annotations.items()))
-        for key, value in self.extra.items():
-            out.setdefault(key, value)
-        return out
+        return self._encode({"config": self.config.to_dict(), "layers": [d.to_dict() for d in self.layers]})
 
     @property
     def is_docker(self) -> bool:
@@ -330,19 +340,7 @@ class Index(_Document):
         return index
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schemaVersion": self.schema_version}
-        if self.media_type:
-            out["mediaType"] = self.media_type
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        out["manifests"] = [d.to_dict() for d in self.manifests]
-        if self.subject is not None:
-            out["subject"] = self.subject.to_dict()
-        if self.annotations:
-            out["annotations"] = dict(sorted(self.annotations.items()))
-        for key, value in self.extra.items():
-            out.setdefault(key, value)
-        return out
+        return self._encode({"manifests": [d.to_dict() for d in self.manifests]})
 
     @property
     def is_docker(self) -> bool:
