@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from accel.content import BlobWriter
-from accel.errors import NotFoundError
+from accel.errors import DigestMismatchError, NotFoundError
 from accel.oci import digest as digests
 from accel.oci.layout import OCILayout
 from accel.oci.manifest import Descriptor
@@ -206,7 +206,9 @@ class LayoutRepository(ImageRepository):
                 if progress:
                     progress(len(chunk))
         if digester.digest != descriptor.digest:
-            digests.verify(b"", descriptor.digest, self.describe(descriptor.digest))
+            raise DigestMismatchError(
+                f"{self.describe(descriptor.digest)}: digest mismatch: got {digester.digest}"
+            )
 
     def push_blob(
         self,
