@@ -15,6 +15,7 @@ Layers that already are eStargz (their TOC digest annotation and footer agree) a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from accel.drivers.base import (
@@ -84,7 +85,7 @@ class EStargzDriver(LayerDriver):
             blob.seek(0)
             options = self.build_options
             if options.tmpdir is None:
-                options = _with_tmpdir(options, ctx.scratch_dir)
+                options = replace(options, tmpdir=ctx.scratch_dir)
             with ctx.new_blob() as sink:
                 result = estargz.build(blob, sink, options)  # type: ignore[arg-type]
                 digest, size = sink.commit()
@@ -97,9 +98,3 @@ class EStargzDriver(LayerDriver):
         return ConvertedLayer(
             Descriptor(mt.OCI_LAYER_GZIP, digest, size, annotations=annotations), result.diff_id
         )
-
-
-def _with_tmpdir(options: estargz.BuildOptions, tmpdir: str) -> estargz.BuildOptions:
-    from dataclasses import replace
-
-    return replace(options, tmpdir=tmpdir)

@@ -9,6 +9,7 @@ produced with ``compression: zstdchunked``). Options: ``flavour``, ``compression
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from accel.drivers.base import (
@@ -80,8 +81,6 @@ class ZstdChunkedDriver(LayerDriver):
     def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:
         options = self.build_options
         if options.tmpdir is None:
-            from dataclasses import replace
-
             options = replace(options, tmpdir=ctx.scratch_dir)
         with ctx.open_layer(layer) as blob, ctx.new_blob() as sink:
             result = zstdchunked.build(blob, sink, options)  # type: ignore[arg-type]
