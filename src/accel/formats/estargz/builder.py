@@ -93,25 +93,38 @@ def _check_name(name: str, what: str = "name", *, safe: bool = True) -> None:
         raise FormatError(f"{what} is not valid UTF-8; the TOC cannot carry it", entry=name) from None
 
 
+def _carried_name(entry: TarEntry) -> str | None:
+    """The cleaned path of an entry eStargz can carry; None for a landmark or the TOC of an earlier
+    conversion, which are dropped."""
+    if entry.type not in TAR_TYPES:
+        raise FormatError(f"unsupported tar entry type {entry.type!r}", entry=entry.name)
+    if entry.sparse is not None:
+        raise FormatError("sparse files are not supported", entry=entry.name)
+    _check_name(entry.name)
+    if entry.type == b"1":
+        _check_name(entry.linkname, "hardlink target")
+    elif entry.type == b"2":
+        _check_name(entry.linkname, "symlink target", safe=False)
+    for key in entry.pax_records:
+        _check_name(key, "PAX record", safe=False)
+    name = clean_path(entry.name)
+    return None if name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_NAME) else name
+
+
+def _check_hardlinks(entries: Iterable[TarEntry], names: set[str]) -> None:
+    for entry in entries:
+        if entry.type == b"1" and clean_path(entry.linkname) not in names:
+            raise FormatError(f"hardlink target {entry.linkname!r} is not in the layer", entry=entry.name)
+
+
 def index_layer(entries: Iterable[TarEntry]) -> list[TarEntry]:
     """The entries eStargz carries, in original order: checked, landmarks and old TOCs dropped, and for a
     duplicated path only the last entry kept (at its own position)."""
     by_name: dict[str, int] = {}
     kept: list[TarEntry | None] = []
     for entry in entries:
-        if entry.type not in TAR_TYPES:
-            raise FormatError(f"unsupported tar entry type {entry.type!r}", entry=entry.name)
-        if entry.sparse is not None:
-            raise FormatError("sparse files are not supported", entry=entry.name)
-        _check_name(entry.name)
-        if entry.type == b"1":
-            _check_name(entry.linkname, "hardlink target")
-        elif entry.type == b"2":
-            _check_name(entry.linkname, "symlink target", safe=False)
-        for key in entry.pax_records:
-            _check_name(key, "PAX record", safe=False)
-        name = clean_path(entry.name)
-        if name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK, TOC_NAME):
+        name = _carried_name(entry)
+        if name is None:
             continue
         previous = by_name.get(name)
         if previous is not None:
@@ -119,10 +132,7 @@ def index_layer(entries: Iterable[TarEntry]) -> list[TarEntry]:
         by_name[name] = len(kept)
         kept.append(entry)
     result = [e for e in kept if e is not None]
-    names = set(by_name)
-    for entry in result:
-        if entry.type == b"1" and clean_path(entry.linkname) not in names:
-            raise FormatError(f"hardlink target {entry.linkname!r} is not in the layer", entry=entry.name)
+    _check_hardlinks(result, set(by_name))
     return result
 
 
@@ -247,39 +257,78 @@ def _chunks(size: int, chunk_size: int, min_chunk_size: int) -> list[tuple[int, 
     return out
 
 
-def write_entries(
-    layer: SpooledLayer,
-    ordered: list[TarEntry | str],
-    writer: MemberWriter,
-    toc: _TocBuilder,
-    chunk_size: int,
-    min_chunk_size: int,
-) -> None:
-    """Emit every entry (a ``str`` stands for a landmark of that name) as eStargz members; file contents
-    are ranges of the layer's file, which ``writer`` reads from ``layer.fd``. Consumes ``ordered`` (so
-    the parsed entries are freed as the TOC entries are made)."""
-    base = layer.base
+def _write_landmark(name: str, writer: MemberWriter, toc: _TocBuilder) -> None:
+    landmark = toc.add(_landmark_entry(name))
+    writer.append(encode_header(GoHeader(name, size=len(LANDMARK_CONTENTS))))
+    member = writer.start_member(LANDMARK_CONTENTS)
+    toc.chunk(landmark, member, 0, 1, False, True)
+    writer.append(padding(1))
+
+
+def _write_entry(item: TarEntry, writer: MemberWriter, toc: _TocBuilder, opts: BuildOptions) -> None:
+    """The entry's header, then its content as ranges of the writer's source tar, a member per chunk."""
+    entry = toc.add(item)
+    writer.append(item.raw_header)
+    if entry.type != "reg" or item.size == 0:
+        return
+    pieces = _chunks(item.size, opts.chunk_size, opts.min_chunk_size)
+    whole = toc.whole(entry) if len(pieces) > 1 else None
+    for off, length, full in pieces:
+        member = writer.start_member_range(item.data_offset + off, length, whole)
+        toc.chunk(entry, member, off, length, full, whole is None)
+    writer.append(padding(item.size))
+
+
+def _write_indexed(
+    layer: SpooledLayer, writer: MemberWriter, toc: _TocBuilder, opts: BuildOptions, missed: list[str] | None
+) -> int:
+    """Index the whole layer first (duplicates dropped, prioritized files first), then write it."""
+    entries = index_layer(layer.entries())
+    first, rest = order_entries(entries, opts.prioritized_files, missed)
+    count = len(entries)
+    del entries
+    ordered: list[TarEntry | str] = [NO_PREFETCH_LANDMARK, *rest]
+    if opts.prioritized_files:
+        ordered = [*first, PREFETCH_LANDMARK, *rest]
+    del first, rest
     ordered.reverse()
-    while ordered:
+    while ordered:  # popped, so each parsed entry is freed once its TOC entry is made
         item = ordered.pop()
         if isinstance(item, str):
-            landmark = toc.add(_landmark_entry(item))
-            writer.append(encode_header(GoHeader(item, size=len(LANDMARK_CONTENTS))))
-            member = writer.start_member(LANDMARK_CONTENTS)
-            toc.chunk(landmark, member, 0, 1, False, True)
-            writer.append(padding(1))
+            _write_landmark(item, writer, toc)
+        else:
+            _write_entry(item, writer, toc, opts)
+    return count
+
+
+class _DuplicatePath(Exception):
+    """A path written already appears again; the earlier entry must not be in the output."""
+
+
+def _write_streaming(layer: SpooledLayer, writer: MemberWriter, toc: _TocBuilder, opts: BuildOptions) -> int:
+    """Write the entries while the tar is parsed, so compression starts at once; the output equals
+    :func:`_write_indexed`'s as long as no path is duplicated (then :class:`_DuplicatePath`)."""
+    _write_landmark(NO_PREFETCH_LANDMARK, writer, toc)
+    names: set[str] = set()
+    links: list[TarEntry] = []
+    pending: TarEntry | None = None
+    for entry in layer.entries():
+        name = _carried_name(entry)
+        if name is None:
             continue
-        entry = toc.add(item)
-        writer.append(item.raw_header)
-        if entry.type != "reg" or item.size == 0:
-            continue
-        pieces = _chunks(item.size, chunk_size, min_chunk_size)
-        whole = toc.whole(entry) if len(pieces) > 1 else None
-        start = base + item.data_offset
-        for off, length, full in pieces:
-            member = writer.start_member_range(start + off, length, whole)
-            toc.chunk(entry, member, off, length, full, whole is None)
-        writer.append(padding(item.size))
+        if name in names:
+            raise _DuplicatePath(name)
+        names.add(name)
+        if entry.type == b"1":
+            links.append(entry)
+        # An entry's content is spooled once the next header is parsed.
+        if pending is not None:
+            _write_entry(pending, writer, toc, opts)
+        pending = entry
+    if pending is not None:
+        _write_entry(pending, writer, toc, opts)
+    _check_hardlinks(links, names)
+    return len(names)
 
 
 def _landmark_entry(name: str) -> TarEntry:
@@ -290,25 +339,12 @@ def _landmark_entry(name: str) -> TarEntry:
     )  # fmt: skip
 
 
-def prepare(
-    src: BinaryIO, opts: BuildOptions, missed: list[str] | None
-) -> tuple[SpooledLayer, list[TarEntry | str], int]:
-    """Spool and index the layer; returns it with the entries in output order (landmark as a ``str``)."""
-    if opts.chunk_size <= 0:
-        raise FormatError(f"chunk size must be positive, got {opts.chunk_size}")
-    if opts.min_chunk_size < 0:
-        raise FormatError(f"min chunk size must not be negative, got {opts.min_chunk_size}")
-    layer = SpooledLayer(src, tmpdir=opts.tmpdir)
+def _rewind_point(dst: BinaryIO) -> int | None:
+    """Where ``dst`` can be rewound to, if it can."""
     try:
-        entries = index_layer(layer.entries())
-        first, rest = order_entries(entries, opts.prioritized_files, missed)
-    except BaseException:
-        layer.close()
-        raise
-    ordered: list[TarEntry | str] = [NO_PREFETCH_LANDMARK, *rest]
-    if opts.prioritized_files:
-        ordered = [*first, PREFETCH_LANDMARK, *rest]
-    return layer, ordered, len(entries)
+        return dst.tell() if dst.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> BuildResult:
@@ -326,20 +362,35 @@ TocWriter = Callable[[MemberWriter, Compressor, bytes], dict[str, str]]
 def _build(
     src: BinaryIO, dst: BinaryIO, opts: BuildOptions, compressor: Compressor, write_toc: TocWriter
 ) -> BuildResult:
+    if opts.chunk_size <= 0:
+        raise FormatError(f"chunk size must be positive, got {opts.chunk_size}")
+    if opts.min_chunk_size < 0:
+        raise FormatError(f"min chunk size must not be negative, got {opts.min_chunk_size}")
     missed: list[str] | None = [] if opts.allow_prioritize_not_found else None
-    layer, ordered, count = prepare(src, opts, missed)
     threads = opts.threads or default_threads()
-    writer = MemberWriter(dst, compressor, threads, source_fd=layer.fd)
-    try:
-        with layer:
-            toc = _TocBuilder()
-            write_entries(layer, ordered, writer, toc, opts.chunk_size, opts.min_chunk_size)
+    rewind = None if opts.prioritized_files else _rewind_point(dst)
+    with SpooledLayer(src, tmpdir=opts.tmpdir) as layer:
+        writer = MemberWriter(dst, compressor, threads, source=layer.mapped())
+        toc = _TocBuilder()
+        try:
+            if rewind is None:
+                count = _write_indexed(layer, writer, toc, opts, missed)
+            else:
+                try:
+                    count = _write_streaming(layer, writer, toc, opts)
+                except _DuplicatePath:
+                    writer.close()
+                    dst.seek(rewind)
+                    dst.truncate()
+                    writer = MemberWriter(dst, compressor, threads, source=layer.mapped())
+                    toc = _TocBuilder()
+                    count = _write_indexed(layer, writer, toc, opts, missed)
             writer.drain()
             toc.resolve(writer.offsets, writer.chunk_digests)
             toc_json = encode_toc(toc.entries)
             extra = write_toc(writer, compressor, toc_json)
-    finally:
-        writer.close()
+        finally:
+            writer.close()
     toc_digest = "sha256:" + hashlib.sha256(toc_json).hexdigest()
     result = BuildResult(
         toc_digest=toc_digest,

@@ -97,14 +97,13 @@ def _load_libdeflate() -> ctypes.CDLL | None:
 _LIBDEFLATE: Final = _load_libdeflate()
 
 
-def _address(data: Buffer) -> tuple[object, int]:
-    """(an object keeping the memory alive, its address) for a contiguous buffer, without copying."""
+def _address(data: Buffer) -> tuple[object, int] | None:
+    """(an object keeping the memory alive, its address) for a buffer native code may read in place."""
     if isinstance(data, bytes):
         return data, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
     view = memoryview(data)
-    if view.readonly:
-        copy = bytes(view)
-        return copy, ctypes.cast(ctypes.c_char_p(copy), ctypes.c_void_p).value or 0
+    if view.readonly or not view.contiguous:
+        return None
     arr = (ctypes.c_char * view.nbytes).from_buffer(view)
     return arr, ctypes.addressof(arr)
 
@@ -148,11 +147,28 @@ class _LibdeflateCompressor:
         return ctypes.string_at(dst, n)
 
     def compress(self, parts: Sequence[Buffer], strong: bool = False) -> bytes:
-        data: Buffer = parts[0] if len(parts) == 1 else b"".join(parts)
-        keep, address = _address(data)
-        result = self.compress_at(address, memoryview(data).nbytes)
-        del keep
-        return result
+        if len(parts) == 1 and (pinned := _address(parts[0])) is not None:
+            keep, address = pinned
+            result = self.compress_at(address, memoryview(parts[0]).nbytes)
+            del keep
+            return result
+        # Gather the parts in this thread's scratch buffer: a member is a chunk plus a few tar headers.
+        size = sum(memoryview(p).nbytes for p in parts)
+        scratch = self._scratch(size)
+        into = memoryview(scratch).cast("B")
+        pos = 0
+        for part in parts:
+            n = memoryview(part).nbytes
+            into[pos : pos + n] = part
+            pos += n
+        into.release()
+        return self.compress_at(ctypes.addressof(scratch), size)
+
+    def _scratch(self, size: int) -> ctypes.Array[ctypes.c_char]:
+        scratch: ctypes.Array[ctypes.c_char] | None = getattr(self._local, "scratch", None)
+        if scratch is None or len(scratch) < size:
+            scratch = self._local.scratch = ctypes.create_string_buffer(max(size, 4 << 20))
+        return scratch
 
 
 class _Free:

@@ -3,12 +3,14 @@ while it is parsed, so one pass over the input both indexes the entries and keep
 
 from __future__ import annotations
 
+import contextlib
 import io
+import mmap
 import os
 import stat
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO, cast
 
 import isal.isal_zlib as _isal_zlib
@@ -100,6 +102,61 @@ def _regular_file(src: BinaryIO) -> tuple[int, int, int] | None:
     return fd, pos, st.st_size - pos
 
 
+_PAGE = mmap.PAGESIZE
+
+
+class MappedTar:
+    """A view of the plain tar, ``size`` bytes at ``base`` of a file, without copying them.
+
+    ``grow`` (for a tar still being spooled) returns how many bytes the file holds now; the mapping is
+    extended when a slice reaches past it. The mapping is private and writable only so that native code
+    can take the address of a slice (``ctypes`` refuses read-only buffers); nothing writes to it. Touched
+    pages count in our resident set although they are the kernel's page cache, so :meth:`release` drops
+    them once they are used.
+    """
+
+    def __init__(self, fd: int, base: int, size: int, grow: Callable[[], int] | None = None) -> None:
+        self._fd = fd
+        self._base = base
+        self._grow = grow
+        self._map: mmap.mmap | None = None
+        self._view = memoryview(b"")
+        self.size = 0
+        self._extend(size)
+
+    def _extend(self, size: int) -> None:
+        if size <= self.size:
+            return
+        # Slices of an earlier mapping keep it alive; it is unmapped when the last of them goes.
+        self._map = mmap.mmap(self._fd, self._base + size, access=mmap.ACCESS_COPY)
+        self._view = memoryview(self._map)[self._base :]
+        self.size = size
+
+    def slice(self, offset: int, length: int) -> memoryview:
+        end = offset + length
+        if end > self.size and self._grow is not None:
+            self._extend(self._grow())
+        if offset < 0 or length < 0 or end > self.size:
+            raise FormatError(f"layer: range {offset}+{length} is outside the tar ({self.size} bytes)")
+        return self._view[offset:end]
+
+    def release(self, offset: int, length: int) -> None:
+        """Unmap the pages of a range already used; reading them again faults them back in from the file."""
+        if self._map is None or length <= 0:
+            return
+        start = (self._base + offset) // _PAGE * _PAGE
+        end = min(len(self._map), -(-(self._base + offset + length) // _PAGE) * _PAGE)
+        if end > start:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def close(self) -> None:
+        self._view.release()
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a slice is still referenced: it keeps the mapping
+                self._map.close()
+            self._map = None
+
+
 class SpooledLayer:
     """The plain tar of a layer, with its entries as Go's reader reports them.
 
@@ -109,7 +166,10 @@ class SpooledLayer:
 
     def __init__(self, src: BinaryIO, *, tmpdir: str | None = None) -> None:
         self._file: IO[bytes] | None = None
+        self._map: MappedTar | None = None
         self._tee: _Tee | None = None
+        self._spooled = True  # the whole tar is in the file
+        self._parses = 0
         direct = _regular_file(src)
         head = os.pread(direct[0], 4, direct[1]) if direct is not None else src.read(4)
         self.compression: Compression = sniff(head)
@@ -125,29 +185,54 @@ class SpooledLayer:
         raw = cast(BinaryIO, io.BufferedReader(Prefixed(head, src), 1 << 20))
         self._tee = _Tee(decompressed(raw, self.compression), self._file)
         self._reader = TarReader(self._tee)  # type: ignore[arg-type]
+        self._spooled = False
 
     def entries(self) -> Iterator[TarEntry]:
-        """Parse the tar (spooling it if needed); afterwards all of the input has been read."""
+        """Parse the tar, spooling it if needed; afterwards all of the input has been read.
+
+        The content of an entry is in the spool (and :meth:`mapped`) once the next entry is parsed. Called
+        again, it parses the complete spool from the start.
+        """
+        if self._parses:
+            self.finish()
+            self._reader = TarReader(_Window(self._fd, self._base, self.size))  # type: ignore[arg-type]
+        self._parses += 1
         last: str | None = None
         try:
             for entry in self._reader:
                 last = entry.name
                 yield entry
-            if self._tee is not None:
-                while self._tee.read(1 << 20):
-                    pass
+            self.finish()
         except FormatError as exc:
             if exc.entry is None and last is not None:
                 raise FormatError(f"{exc.reason} (after this entry)", entry=last) from None
             raise
-        if self._tee is not None and self._file is not None:
-            self.size = self._tee.count
-            self._file.flush()
+
+    def finish(self) -> None:
+        """Spool the rest of the input (a parse that stopped early leaves some unread)."""
+        if self._spooled or self._tee is None or self._file is None:
+            return
+        while self._tee.read(1 << 20):
+            pass
+        self.size = self._spooled_size()
+        self._spooled = True
+
+    def _spooled_size(self) -> int:
+        assert self._tee is not None and self._file is not None
+        self._file.flush()
+        return self._tee.count
 
     @property
     def eof_offset(self) -> int:
         """Where Go's tar reader stops: after the end-of-archive blocks (or at the end of the data)."""
         return self._reader.eof_offset
+
+    def mapped(self) -> MappedTar:
+        """The plain tar mapped into memory, growing while it is spooled; closed with the layer."""
+        if self._map is None:
+            grow = None if self._spooled else self._spooled_size
+            self._map = MappedTar(self._fd, self._base, self.size if self._spooled else 0, grow)
+        return self._map
 
     def pread(self, offset: int, n: int) -> bytes:
         data = os.pread(self._fd, n, self._base + offset)
@@ -166,6 +251,9 @@ class SpooledLayer:
         return self._base
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._file is not None:
             self._file.close()
 

@@ -266,6 +266,62 @@ def test_duplicates_keep_the_last_at_its_position_and_old_landmarks_are_dropped(
     assert file_contents(gzip.decompress(blob))["a"] == b"second"
 
 
+class _Sink(io.RawIOBase):
+    """A write-only stream that cannot seek: the builder must index the whole layer before writing."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.data += b
+        return len(b)
+
+
+def duplicate_layer() -> bytes:
+    return layer_with(
+        [
+            ("d/", tarfile.DIRTYPE, b""),
+            ("d/big", tarfile.REGTYPE, payload(3 * CHUNK, 4)),
+            ("d/small", tarfile.REGTYPE, b"old"),
+            ("d/other", tarfile.REGTYPE, payload(CHUNK + 7, 5)),
+            ("./d/small", tarfile.REGTYPE, b"new"),
+            ("d/last", tarfile.REGTYPE, b"last"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("layer", [sized_layer, duplicate_layer, small_layer])
+def test_writing_while_parsing_gives_the_indexed_output(layer: object) -> None:
+    tar = layer()  # type: ignore[operator]
+    streamed, r1 = convert(tar, chunk_size=CHUNK)
+    sink = _Sink()
+    r2 = build(io.BytesIO(tar), sink, BuildOptions(chunk_size=CHUNK))  # type: ignore[arg-type]
+    assert streamed == bytes(sink.data) and r1 == r2
+    verify(streamed, r1.toc_digest)
+
+
+def test_a_duplicate_path_rewinds_only_this_blob() -> None:
+    out = io.BytesIO()
+    out.write(b"kept")
+    result = build(io.BytesIO(duplicate_layer()), out, BuildOptions(chunk_size=CHUNK))
+    blob = out.getvalue()
+    assert blob[:4] == b"kept" and len(blob) == 4 + result.compressed_size
+    assert blob[4:] == convert(duplicate_layer(), chunk_size=CHUNK)[0]
+    assert file_contents(gzip.decompress(blob[4:]))["d/small"] == b"new"
+
+
+def test_compressed_input_larger_than_one_read_is_mapped_as_it_is_spooled() -> None:
+    # ~6 MB of files: the spool grows in several steps while the first files are already compressed.
+    tar = layer_with([(f"f{i}", tarfile.REGTYPE, payload(150_000 + i, i)) for i in range(40)])
+    plain, r1 = convert(tar)
+    packed, r2 = convert(gzipped(tar))
+    assert plain == packed and r1 == r2
+    verify(packed, r2.toc_digest)
+
+
 def prio_layer() -> bytes:
     return layer_with(
         [
