@@ -137,7 +137,7 @@ def build_storage(src: BinaryIO, dst: BinaryIO, options: StorageOptions | None =
     with SpooledLayer(src, tmpdir=opts.tmpdir) as layer:
         entries = list(layer.entries())
         _check(entries)
-        writer = MemberWriter(dst, compressor, opts.threads or default_threads())
+        writer = MemberWriter(dst, compressor, opts.threads or default_threads(), source=layer.mapped())
         try:
             toc_entries, chunks, ends, tarsplit = _write_frames(layer, entries, writer, SplitFinder(bits))
             writer.drain()
@@ -194,13 +194,17 @@ def _write_frames(
             # A single chunk's digest (hashed by the compression worker) is the file's.
             whole = hashlib.sha256() if len(cut) > 1 else None
             pieces: list[_Chunk] = []
+            source = layer.mapped()
             for start, end, zeros in cut:
-                # Zero chunks come from calloc: huge holes cost no resident memory.
-                chunk = bytes(end - start) if zeros else layer.pread(e.data_offset + start, end - start)
+                if zeros:  # from calloc: huge holes cost no resident memory
+                    chunk: bytes | memoryview = bytes(end - start)
+                    member = writer.start_member(chunk)
+                else:
+                    chunk = source.slice(e.data_offset + start, end - start)
+                    member = writer.start_member_range(e.data_offset + start, end - start)
                 crc = fastcrc.crc64.go_iso(chunk, crc)
                 if whole is not None:
                     whole.update(chunk)
-                member = writer.start_member(chunk)
                 writer.close_member()
                 pieces.append(_Chunk(meta, start, member, end - start, zeros))
             meta["digest"] = "sha256:" + whole.hexdigest() if whole is not None else None

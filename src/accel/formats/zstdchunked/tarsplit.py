@@ -15,6 +15,8 @@ from accel.errors import FormatError
 FILE_TYPE: Final = 1
 SEGMENT_TYPE: Final = 2
 _PADDING_SEGMENT: Final = 1 << 20
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,7 @@ class TarSplitWriter:
     def _add(self, obj: dict[str, Any]) -> None:
         obj["position"] = self._position
         self._position += 1
-        self._lines.append(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        self._lines.append(_ENCODER.encode(obj).encode() + b"\n")
 
     def segment(self, raw: bytes) -> None:
         """Raw bytes of the stream (headers, padding, end of archive); empty ones are skipped like Go does."""
