@@ -10,7 +10,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final, Literal, Protocol
 
 import isal.isal_zlib as _isal
@@ -97,15 +97,42 @@ def _load_libdeflate() -> ctypes.CDLL | None:
 _LIBDEFLATE: Final = _load_libdeflate()
 
 
-def _address(data: Buffer) -> tuple[object, int] | None:
-    """(an object keeping the memory alive, its address) for a buffer native code may read in place."""
-    if isinstance(data, bytes):
-        return data, ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
-    view = memoryview(data)
-    if view.readonly or not view.contiguous:
-        return None
-    arr = (ctypes.c_char * view.nbytes).from_buffer(view)
-    return arr, ctypes.addressof(arr)
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (part of the stable ABI)."""
+
+    _fields_ = (
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    )
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int)
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.POINTER(_PyBuffer),)
+_release_buffer.restype = None
+
+
+@contextlib.contextmanager
+def _pinned(data: Buffer) -> Iterator[int]:
+    """The address of a contiguous buffer, held for the ``with`` block. Unlike ``ctypes.from_buffer`` it
+    takes read-only buffers too (bytes, slices of a read-only memory map), without copying them."""
+    view = _PyBuffer()
+    _get_buffer(data, ctypes.byref(view), 0)  # PyBUF_SIMPLE: contiguous bytes, else BufferError
+    try:
+        yield view.buf or 0
+    finally:
+        _release_buffer(ctypes.byref(view))
 
 
 class _LibdeflateCompressor:
@@ -147,11 +174,9 @@ class _LibdeflateCompressor:
         return ctypes.string_at(dst, n)
 
     def compress(self, parts: Sequence[Buffer], strong: bool = False) -> bytes:
-        if len(parts) == 1 and (pinned := _address(parts[0])) is not None:
-            keep, address = pinned
-            result = self.compress_at(address, memoryview(parts[0]).nbytes)
-            del keep
-            return result
+        if len(parts) == 1:
+            with _pinned(parts[0]) as address:
+                return self.compress_at(address, memoryview(parts[0]).nbytes)
         # Gather the parts in this thread's scratch buffer: a member is a chunk plus a few tar headers.
         size = sum(memoryview(p).nbytes for p in parts)
         scratch = self._scratch(size)

@@ -109,10 +109,9 @@ class MappedTar:
     """A view of the plain tar, ``size`` bytes at ``base`` of a file, without copying them.
 
     ``grow`` (for a tar still being spooled) returns how many bytes the file holds now; the mapping is
-    extended when a slice reaches past it. The mapping is private and writable only so that native code
-    can take the address of a slice (``ctypes`` refuses read-only buffers); nothing writes to it. Touched
-    pages count in our resident set although they are the kernel's page cache, so :meth:`release` drops
-    them once they are used.
+    extended when a slice reaches past it. The mapping is shared and read-only, so it is not charged
+    against the memory commit limit however large the layer. Touched pages count in our resident set
+    although they are the kernel's page cache, so :meth:`release` drops them once they are used.
     """
 
     def __init__(self, fd: int, base: int, size: int, grow: Callable[[], int] | None = None) -> None:
@@ -128,7 +127,7 @@ class MappedTar:
         if size <= self.size:
             return
         # Slices of an earlier mapping keep it alive; it is unmapped when the last of them goes.
-        self._map = mmap.mmap(self._fd, self._base + size, access=mmap.ACCESS_COPY)
+        self._map = mmap.mmap(self._fd, self._base + size, access=mmap.ACCESS_READ)
         self._view = memoryview(self._map)[self._base :]
         self.size = size
 

@@ -204,7 +204,7 @@ def test_libdeflate_compressor_takes_any_buffer() -> None:
     cases: list[list[bytes | bytearray | memoryview]] = [
         [data],
         [bytearray(data)],
-        [memoryview(data)],  # read-only: copied
+        [memoryview(data)],  # read-only: read in place
         [data[:5], memoryview(bytearray(data[5:]))],
     ]
     for parts in cases:
