@@ -141,12 +141,13 @@ class MappedTar:
 
     def release(self, offset: int, length: int) -> None:
         """Unmap the pages of a range already used; reading them again faults them back in from the file."""
-        if self._map is None or length <= 0:
+        mapping = self._map  # the writer's emitter thread calls this while slices may extend the map
+        if mapping is None or length <= 0:
             return
         start = (self._base + offset) // _PAGE * _PAGE
-        end = min(len(self._map), -(-(self._base + offset + length) // _PAGE) * _PAGE)
+        end = min(len(mapping), -(-(self._base + offset + length) // _PAGE) * _PAGE)
         if end > start:
-            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def close(self) -> None:
         self._view.release()

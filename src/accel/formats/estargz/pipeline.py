@@ -3,13 +3,15 @@
 The caller appends uncompressed bytes, or ranges of the source tar (a :class:`MappedTar`, so a range is a
 view, not a copy); ``start_member`` closes the open member and opens a new one whose first bytes are a
 chunk. Members are grouped into batches; a worker hashes each chunk and compresses each member (the
-libraries release the GIL). The calling thread only queues work and, in order, hashes the uncompressed
-stream (diff_id) and writes the results; ``offsets[i]`` is where member ``i`` starts in the output.
+libraries release the GIL). An emitter thread takes the batches in order, hashes the uncompressed stream
+(diff_id) and the output, and writes; ``offsets[i]`` is where member ``i`` starts in the output. The
+calling thread only parses and queues, so on two cores it is never what the workers wait for.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Final
@@ -40,6 +42,10 @@ class _Member:
         self.digest: str | None = None
 
 
+_Queued = tuple[Future[list[bytes]], list[_Member], int, list[tuple[int, int]]]
+"""A submitted batch: its result, members, uncompressed bytes and source ranges."""
+
+
 def _compress_batch(compressor: Compressor, members: list[_Member]) -> list[bytes]:
     out: list[bytes] = []
     for m in members:
@@ -65,8 +71,12 @@ class MemberWriter:
         self._compressor = compressor
         self._source = source
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="esgz") if threads > 1 else None
-        self._inflight: deque[tuple[Future[list[bytes]], list[_Member], int, list[tuple[int, int]]]] = deque()
+        self._queue: deque[_Queued] = deque()  # submitted and not yet written, oldest first
         self._inflight_bytes = 0
+        self._changed = threading.Condition()  # guards the queue, the byte count, the error and closing
+        self._error: BaseException | None = None
+        self._closing = False
+        self._emitter: threading.Thread | None = None
         self._batch: list[_Member] = []
         self._batch_bytes = 0
         self._batch_spans: list[tuple[int, int]] = []  # source ranges of the batch, released once written
@@ -144,17 +154,46 @@ class MemberWriter:
         if self._pool is None:
             self._emit(batch, _compress_batch(self._compressor, batch), spans)
             return
+        if self._emitter is None:
+            self._emitter = threading.Thread(target=self._emit_in_order, name="esgz-emit", daemon=True)
+            self._emitter.start()
         fut = self._pool.submit(_compress_batch, self._compressor, batch)
-        self._inflight.append((fut, batch, size, spans))
-        self._inflight_bytes += size
-        # Write whatever is finished, then wait only while too much is queued.
-        while self._inflight and (self._inflight[0][0].done() or self._inflight_bytes > _INFLIGHT_BYTES):
-            self._pop()
+        with self._changed:
+            self._queue.append((fut, batch, size, spans))
+            self._inflight_bytes += size
+            self._changed.notify_all()
+            # Wait only while too much is queued (this bounds memory).
+            while self._inflight_bytes > _INFLIGHT_BYTES and self._error is None:
+                self._changed.wait()
+            self._raise_error()
 
-    def _pop(self) -> None:
-        fut, batch, size, spans = self._inflight.popleft()
-        self._inflight_bytes -= size
-        self._emit(batch, fut.result(), spans)
+    def _emit_in_order(self) -> None:
+        """The emitter thread: write each batch once compressed, oldest first, until closed."""
+        while True:
+            with self._changed:
+                while not self._queue and not self._closing:
+                    self._changed.wait()
+                if not self._queue:
+                    return
+                fut, batch, size, spans = self._queue[0]
+            try:
+                self._emit(batch, fut.result(), spans)
+            except BaseException as exc:  # handed to the calling thread, which raises it
+                with self._changed:
+                    self._error = exc
+                    for queued in self._queue:
+                        queued[0].cancel()
+                    self._queue.clear()
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._queue.popleft()
+                self._inflight_bytes -= size
+                self._changed.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def _emit(self, batch: list[_Member], compressed: list[bytes], spans: list[tuple[int, int]]) -> None:
         diff = self.diff
@@ -183,12 +222,20 @@ class MemberWriter:
         """Close the open member and write everything queued; afterwards offsets/digests are complete."""
         self.close_member()
         self._submit()
-        while self._inflight:
-            self._pop()
+        with self._changed:
+            while self._queue and self._error is None:
+                self._changed.wait()
+            self._raise_error()
 
     def close(self) -> None:
+        with self._changed:
+            self._closing = True
+            for queued in self._queue:
+                queued[0].cancel()
+            self._changed.notify_all()
+        if self._emitter is not None:
+            self._emitter.join()
+            self._emitter = None
         if self._pool is not None:
-            for fut, _, _, _ in self._inflight:
-                fut.cancel()
             self._pool.shutdown(wait=True)
             self._pool = None
