@@ -346,6 +346,10 @@ class BlobWriter:
     def writable(self) -> bool:
         return self._file is not None
 
+    def seekable(self) -> bool:
+        """True while open: the blob can be restarted (``seek(0)``), which is all a writer may rewind to."""
+        return self._file is not None
+
     def flush(self) -> None:
         self._open_file().flush()
 

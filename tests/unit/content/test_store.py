@@ -122,6 +122,7 @@ def test_writer_restart(tmp_path: Path) -> None:
     store = _store(tmp_path)
     with store.writer(of_bytes(b"second try")) as w:
         w.write(b"first try, interrupted")
+        assert w.seekable()
         assert w.seek(0) == 0
         w.truncate()
         assert w.tell() == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from accel.content import ContentStore
 from accel.errors import FormatError
 from accel.formats.estargz import (
     DEFAULT_BACKEND,
@@ -311,6 +312,17 @@ def test_a_duplicate_path_rewinds_only_this_blob() -> None:
     assert blob[:4] == b"kept" and len(blob) == 4 + result.compressed_size
     assert blob[4:] == convert(duplicate_layer(), chunk_size=CHUNK)[0]
     assert file_contents(gzip.decompress(blob[4:]))["d/small"] == b"new"
+
+
+def test_a_duplicate_path_restarts_a_content_store_blob(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    with store.writer() as sink:
+        assert sink.seekable()
+        result = build(io.BytesIO(duplicate_layer()), sink, BuildOptions(chunk_size=CHUNK))  # type: ignore[arg-type]
+        digest, size = sink.commit()
+    blob = store.read_bytes(digest)
+    assert (digest, size) == (result.digest, result.compressed_size)
+    assert blob == convert(duplicate_layer(), chunk_size=CHUNK)[0]
 
 
 def test_compressed_input_larger_than_one_read_is_mapped_as_it_is_spooled() -> None:
