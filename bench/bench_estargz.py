@@ -141,7 +141,7 @@ def main() -> None:
                 if isinstance(csref, str):
                     print(f"containers/storage reference unavailable: {csref}")
                 else:
-                    level = str(zstdchunked.StorageOptions.level)
+                    level = str(zstdchunked.StorageOptions().level)
                     argv = [str(csref), "convert", level, str(layer), str(work / "cs")]
                     cases.append(("go c/storage zstd:chk", argv))
         for name, argv in cases:
