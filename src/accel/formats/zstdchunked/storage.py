@@ -13,6 +13,7 @@ import base64
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
@@ -31,6 +32,7 @@ from accel.formats.zstdchunked.rollsum import (
     HOLE_THRESHOLD,
     MAX_BITS,
     ROLLSUM_BITS,
+    Piece,
     Reader,
     SplitFinder,
     chunk_payloads,
@@ -178,6 +180,7 @@ def _write_frames(
     ends: list[int] = []  # member index after each file's last chunk
     prev_end = 0
     payloads = ((_reader(layer, e), e.data_length) for e in entries if e.data_length)
+    source = layer.mapped()
     with closing(chunk_payloads(payloads, finder)) as cuts:
         for e in entries:
             raw = layer.pread(prev_end, e.data_offset - prev_end)
@@ -194,19 +197,22 @@ def _write_frames(
             # A single chunk's digest (hashed by the compression worker) is the file's.
             whole = hashlib.sha256() if len(cut) > 1 else None
             pieces: list[_Chunk] = []
-            source = layer.mapped()
-            for start, end, zeros in cut:
-                if zeros:  # from calloc: huge holes cost no resident memory
-                    chunk: bytes | memoryview = bytes(end - start)
-                    member = writer.start_member(chunk)
-                else:
-                    chunk = source.slice(e.data_offset + start, end - start)
-                    member = writer.start_member_range(e.data_offset + start, end - start)
-                crc = fastcrc.crc64.go_iso(chunk, crc)
+            for window in _windows(cut):
+                # The CRC and the file digest take a window of chunks at a time (few calls, few GIL
+                # handoffs), read before its members are queued so the writer releases those pages after.
+                first, last = window[0][0], window[-1][1]
+                content = source.slice(e.data_offset + first, last - first)
+                crc = fastcrc.crc64.go_iso(content, crc)
                 if whole is not None:
-                    whole.update(chunk)
-                writer.close_member()
-                pieces.append(_Chunk(meta, start, member, end - start, zeros))
+                    whole.update(content)
+                del content
+                for start, end, zeros in window:
+                    if zeros:  # from calloc: huge holes cost no resident memory
+                        member = writer.start_member(bytes(end - start))
+                    else:
+                        member = writer.start_member_range(e.data_offset + start, end - start)
+                    writer.close_member()
+                    pieces.append(_Chunk(meta, start, member, end - start, zeros))
             meta["digest"] = "sha256:" + whole.hexdigest() if whole is not None else None
             files.append(pieces)
             ends.append(pieces[-1].member + 1)
@@ -217,6 +223,21 @@ def _write_frames(
     tarsplit.segment(layer.pread(prev_end, tail_start - prev_end))
     tarsplit.trailer(layer.pread(tail_start, layer.size - tail_start))
     return toc, files, ends, tarsplit
+
+
+_WINDOW_BYTES: Final = 1 << 20
+
+
+def _windows(cut: list[Piece]) -> Iterator[list[Piece]]:
+    """Consecutive chunks grouped into runs of about ``_WINDOW_BYTES``."""
+    window: list[Piece] = []
+    for piece in cut:
+        window.append(piece)
+        if piece[1] - window[0][0] >= _WINDOW_BYTES:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def _resolve(
