@@ -240,16 +240,6 @@ class SpooledLayer:
             raise FormatError(f"layer: short read at {offset}")
         return data
 
-    @property
-    def fd(self) -> int:
-        """The file holding the plain tar (complete once :meth:`entries` is exhausted)."""
-        return self._fd
-
-    @property
-    def base(self) -> int:
-        """Where the tar starts in :attr:`fd`."""
-        return self._base
-
     def close(self) -> None:
         if self._map is not None:
             self._map.close()
