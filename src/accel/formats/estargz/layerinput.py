@@ -169,6 +169,7 @@ class SpooledLayer:
         self._map: MappedTar | None = None
         self._tee: _Tee | None = None
         self._spooled = True  # the whole tar is in the file
+        self._flushed = 0  # while spooling: bytes of the spool readable through the file
         self._parses = 0
         direct = _regular_file(src)
         head = os.pread(direct[0], 4, direct[1]) if direct is not None else src.read(4)
@@ -220,7 +221,16 @@ class SpooledLayer:
     def _spooled_size(self) -> int:
         assert self._tee is not None and self._file is not None
         self._file.flush()
-        return self._tee.count
+        self._flushed = self._tee.count
+        return self._flushed
+
+    def make_readable(self, end: int) -> None:
+        """Make the tar's bytes before ``end`` (already parsed) readable by other threads through the file.
+
+        Call it on the parsing thread before handing out a range: it flushes the spool when needed.
+        """
+        if not self._spooled and end > self._flushed:
+            self._spooled_size()
 
     @property
     def eof_offset(self) -> int:
@@ -235,6 +245,10 @@ class SpooledLayer:
         return self._map
 
     def pread(self, offset: int, n: int) -> bytes:
+        """``n`` bytes of the tar at ``offset``; while spooling, on the parsing thread or after
+        :meth:`make_readable` covered them."""
+        if not self._spooled and offset + n > self._flushed:
+            self._spooled_size()
         data = os.pread(self._fd, n, self._base + offset)
         if len(data) != n:
             raise FormatError(f"layer: short read at {offset}")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Final
@@ -109,7 +110,8 @@ class _Chunk:
         self.zeros = zeros
 
 
-def _check(entries: list[TarEntry]) -> None:
+def _checked(entries: Iterable[TarEntry]) -> Iterator[TarEntry]:
+    """The entries, each checked before it is passed on."""
     seen: set[str] = set()
     for e in entries:
         if e.type not in TAR_TYPES:
@@ -129,6 +131,19 @@ def _check(entries: list[TarEntry]) -> None:
             e.linkname.encode("utf-8")
         except UnicodeEncodeError:
             raise FormatError("name is not valid UTF-8; the TOC cannot carry it", entry=e.name) from None
+        yield e
+
+
+def _spooled(layer: SpooledLayer, entries: Iterator[TarEntry]) -> Iterator[TarEntry]:
+    """Each entry once its content is readable by other threads: after the next entry is parsed."""
+    previous: TarEntry | None = None
+    for e in entries:
+        if previous is not None:
+            layer.make_readable(previous.data_offset + previous.data_length)
+            yield previous
+        previous = e
+    if previous is not None:
+        yield previous  # the parse has ended: the whole tar is in the file
 
 
 def build_storage(src: BinaryIO, dst: BinaryIO, options: StorageOptions | None = None) -> BuildResult:
@@ -137,17 +152,16 @@ def build_storage(src: BinaryIO, dst: BinaryIO, options: StorageOptions | None =
     bits = rollsum_bits(opts.chunk_size)
     compressor = make_compressor("zstd", opts.level)
     with SpooledLayer(src, tmpdir=opts.tmpdir) as layer:
-        entries = list(layer.entries())
-        _check(entries)
         writer = MemberWriter(dst, compressor, opts.threads or default_threads(), source=layer.mapped())
         try:
-            toc_entries, chunks, ends, tarsplit = _write_frames(layer, entries, writer, SplitFinder(bits))
+            toc_entries, chunks, ends, tarsplit = _write_frames(layer, writer, SplitFinder(bits))
             writer.drain()
         finally:
             writer.close()
+        count = len(toc_entries)  # one per tar entry, until the chunk entries are added
         _resolve(toc_entries, chunks, ends, writer.offsets, writer.chunk_digests, writer.written)
         result = _write_trailer(writer, compressor, toc_entries, tarsplit, layer.size)
-        result.entries = len(entries)
+        result.entries = count
         return result
 
 
@@ -172,14 +186,17 @@ def _reader(layer: SpooledLayer, e: TarEntry) -> Reader:
 
 
 def _write_frames(
-    layer: SpooledLayer, entries: list[TarEntry], writer: MemberWriter, finder: SplitFinder
+    layer: SpooledLayer, writer: MemberWriter, finder: SplitFinder
 ) -> tuple[list[dict[str, Any]], list[list[_Chunk]], list[int], TarSplitWriter]:
+    """Write the frames while the tar is parsed; the rolling checksum scans a little ahead on its own
+    thread, on entries whose content is already readable."""
     tarsplit = TarSplitWriter()
     toc: list[dict[str, Any]] = []
     files: list[list[_Chunk]] = []
     ends: list[int] = []  # member index after each file's last chunk
     prev_end = 0
-    payloads = ((_reader(layer, e), e.data_length) for e in entries if e.data_length)
+    entries, ahead = itertools.tee(_checked(layer.entries()))
+    payloads = ((_reader(layer, e), e.data_length) for e in _spooled(layer, ahead) if e.data_length)
     source = layer.mapped()
     with closing(chunk_payloads(payloads, finder)) as cuts:
         for e in entries:

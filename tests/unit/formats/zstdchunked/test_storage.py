@@ -147,6 +147,15 @@ def test_gzip_input_converts_losslessly() -> None:
     verify_storage(blob, result.toc_digest, original=io.BytesIO(LAYER))
 
 
+def test_gzip_input_larger_than_one_read_gives_the_same_blob() -> None:
+    # ~6 MB of files: the rolling checksum and the compression read the spool while it is still written.
+    tar = layer_with([(f"f{i}", tarfile.REGTYPE, payload(150_000 + i, i)) for i in range(40)])
+    plain, r1 = convert(tar)
+    packed, r2 = convert(gzipped(tar))
+    assert packed == plain and r1 == r2 and r1.entries == 40
+    verify_storage(packed, r2.toc_digest, original=io.BytesIO(tar))
+
+
 def test_duplicate_paths_cannot_be_carried() -> None:
     with pytest.raises(FormatError) as err:
         convert(small_layer())
