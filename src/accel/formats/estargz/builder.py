@@ -348,7 +348,12 @@ def _rewind_point(dst: BinaryIO) -> int | None:
 
 
 def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> BuildResult:
-    """Convert the layer read from ``src`` to eStargz written to ``dst`` (gzip members, 51-byte footer)."""
+    """Convert the layer read from ``src`` to eStargz written to ``dst`` (gzip members, 51-byte footer).
+
+    An uncompressed regular file is read in place through a memory map: it must not be truncated during
+    the build. A seekable ``dst`` is written while the layer is parsed (and rewound if a path turns out
+    to be duplicated); otherwise the layer is indexed first.
+    """
     opts = options or BuildOptions()
     if opts.backend == "zstd":
         raise FormatError("eStargz is gzip; use accel.formats.zstdchunked for zstd")

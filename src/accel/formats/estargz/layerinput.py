@@ -111,7 +111,9 @@ class MappedTar:
     ``grow`` (for a tar still being spooled) returns how many bytes the file holds now; the mapping is
     extended when a slice reaches past it. The mapping is shared and read-only, so it is not charged
     against the memory commit limit however large the layer. Touched pages count in our resident set
-    although they are the kernel's page cache, so :meth:`release` drops them once they are used.
+    although they are the kernel's page cache, so :meth:`release` drops them once they are used. The file
+    must not shrink while mapped (a page past its end is a SIGBUS): it is our own spool, or a source file
+    such as a content-store blob, which is replaced, never truncated.
     """
 
     def __init__(self, fd: int, base: int, size: int, grow: Callable[[], int] | None = None) -> None:
