@@ -67,11 +67,17 @@ class _GzipCompressor:
         return b"".join(out)
 
 
+def _libdeflate_names() -> Iterator[str]:
+    # The soname first: find_library runs ldconfig in a subprocess, which costs more than the import.
+    yield "libdeflate.so.0"
+    found = ctypes.util.find_library("deflate")
+    if found:
+        yield found
+
+
 def _load_libdeflate() -> ctypes.CDLL | None:
     """The system's libdeflate (Debian: libdeflate0), through ctypes, which releases the GIL on calls."""
-    for name in (ctypes.util.find_library("deflate"), "libdeflate.so.0"):
-        if not name:
-            continue
+    for name in _libdeflate_names():
         try:
             lib = ctypes.CDLL(name)
         except OSError:
