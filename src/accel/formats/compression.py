@@ -7,7 +7,9 @@ Decompression errors surface as FormatError so the caller can name the layer.
 from __future__ import annotations
 
 import io
-from typing import BinaryIO, Final, Literal, cast
+import zlib
+from collections.abc import Callable
+from typing import IO, BinaryIO, Final, Literal, cast
 
 import isal.isal_zlib as _isal
 import zlib_ng.zlib_ng as _zng
@@ -20,6 +22,15 @@ GZIP_MAGIC: Final = b"\x1f\x8b\x08"
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 _READ: Final = 1 << 20
 _INFLATE_ERROR = cast("type[BaseException]", _isal.error)
+# What the decompressing readers (ours, gzip_ng's GzipFile, zstandard's) raise on damaged input.
+_DECOMPRESS_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    EOFError,
+    OSError,
+    zlib.error,
+    _INFLATE_ERROR,
+    cast("type[BaseException]", _zng.error),
+    zstandard.ZstdError,
+)
 
 
 def sniff(head: bytes) -> Compression:
@@ -50,6 +61,36 @@ class Prefixed(io.RawIOBase):
             return n
         data = self._src.read(len(view))
         view[: len(data)] = data
+        return len(data)
+
+
+class TeeStream(io.RawIOBase):
+    """Reads ``src`` and hands every byte read to ``sink`` as well (a file's ``write``, a hash's
+    ``update``), counting them; a decompression error becomes a FormatError saying after how many bytes of
+    ``what`` it came."""
+
+    def __init__(self, src: IO[bytes], sink: Callable[[bytes], object], what: str) -> None:
+        self._src = src
+        self._sink = sink
+        self._what = what
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self._src.read(n)
+        except _DECOMPRESS_ERRORS as exc:
+            raise FormatError(f"{self._what} decompression failed after {self.count} bytes: {exc}") from None
+        if data:
+            self._sink(data)
+            self.count += len(data)
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buf))
+        memoryview(buf).cast("B")[: len(data)] = data
         return len(data)
 
 

@@ -9,54 +9,14 @@ import mmap
 import os
 import stat
 import tempfile
-import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO, cast
 
-import isal.isal_zlib as _isal_zlib
-import zstandard
-
 from accel.errors import FormatError
-from accel.formats.compression import Compression, Prefixed, decompressed, sniff
+from accel.formats.compression import Compression, Prefixed, TeeStream, decompressed, sniff
 from accel.formats.tar import TarEntry, TarReader
 
-_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
-    EOFError,
-    OSError,
-    zlib.error,
-    cast("type[BaseException]", _isal_zlib.error),
-    zstandard.ZstdError,
-)
-
-
 _READ = 32 << 10  # bytes per read while parsing an uncompressed file in place
-
-
-class _Tee(io.RawIOBase):
-    """Reads from ``src`` and copies every byte read into ``sink``; counts them."""
-
-    def __init__(self, src: IO[bytes], sink: IO[bytes]) -> None:
-        self._src = src
-        self._sink = sink
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            data = self._src.read(n)
-        except _DECOMPRESS_ERRORS as exc:
-            raise FormatError(f"layer decompression failed after {self.count} bytes: {exc}") from None
-        if data:
-            self._sink.write(data)
-            self.count += len(data)
-        return data
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buf))
-        memoryview(buf).cast("B")[: len(data)] = data
-        return len(data)
 
 
 class _Window:
@@ -169,7 +129,7 @@ class SpooledLayer:
     def __init__(self, src: BinaryIO, *, tmpdir: str | None = None) -> None:
         self._file: IO[bytes] | None = None
         self._map: MappedTar | None = None
-        self._tee: _Tee | None = None
+        self._tee: TeeStream | None = None
         self._spooled = True  # the whole tar is in the file
         self._flushed = 0  # while spooling: bytes of the spool readable through the file
         self._parses = 0
@@ -186,7 +146,7 @@ class SpooledLayer:
         self._file = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 - closed in close()
         self._fd, self._base = self._file.fileno(), 0
         raw = cast(BinaryIO, io.BufferedReader(Prefixed(head, src), 1 << 20))
-        self._tee = _Tee(decompressed(raw, self.compression), self._file)
+        self._tee = TeeStream(decompressed(raw, self.compression), self._file.write, "layer")
         self._reader = TarReader(self._tee)  # type: ignore[arg-type]
         self._spooled = False
 

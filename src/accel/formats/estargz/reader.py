@@ -18,6 +18,7 @@ import zlib_ng.zlib_ng as _zng
 import zstandard
 
 from accel.errors import FormatError
+from accel.formats.compression import TeeStream
 from accel.formats.estargz.footer import FOOTER_SIZE, LEGACY_FOOTER_SIZE, parse_footer, parse_legacy_footer
 from accel.formats.estargz.toc import (
     ENTRY_TYPES,
@@ -292,30 +293,6 @@ def _check_chunks(blob: Blob) -> tuple[int, int]:
     return chunks, chunk_bytes
 
 
-class _HashingReader(io.RawIOBase):
-    def __init__(self, src: BinaryIO) -> None:
-        self._src = src
-        self.hash = hashlib.sha256()
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            data = self._src.read(n)
-        except (EOFError, OSError, _ZNG_ERROR, zstandard.ZstdError) as exc:
-            raise FormatError(f"blob decompression failed after {self.count} bytes: {exc}") from None
-        self.hash.update(data)
-        self.count += len(data)
-        return data
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buf))
-        memoryview(buf).cast("B")[: len(data)] = data
-        return len(data)
-
-
 class _BlobStream(io.RawIOBase):
     def __init__(self, reader: BlobReader) -> None:
         self._reader = reader
@@ -362,7 +339,8 @@ def _compare(entry: TOCEntry, tar: TarEntry, xattrs: dict[str, bytes]) -> None:
 
 
 def _check_stream(blob: Blob, by_name: dict[str, TOCEntry]) -> tuple[str, int, int]:
-    hashing = _HashingReader(_plain_stream(blob))
+    stream_hash = hashlib.sha256()
+    hashing = TeeStream(_plain_stream(blob), stream_hash.update, "blob")
     reader = TarReader(hashing)  # type: ignore[arg-type]
     count = 0
     saw_toc = False
@@ -396,7 +374,7 @@ def _check_stream(blob: Blob, by_name: dict[str, TOCEntry]) -> tuple[str, int, i
         raise FormatError("non-zero bytes after the end of the tar stream")
     if count != len(by_name):
         raise FormatError(f"the stream has {count} entries, the TOC {len(by_name)}")
-    return "sha256:" + hashing.hash.hexdigest(), hashing.count, count
+    return "sha256:" + stream_hash.hexdigest(), hashing.count, count
 
 
 def verify(blob: BlobReader | bytes | BinaryIO | Blob, toc_digest: str, *, full: bool = True) -> VerifyResult:
