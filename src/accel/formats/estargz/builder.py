@@ -311,8 +311,7 @@ def _write_streaming(layer: SpooledLayer, writer: MemberWriter, toc: _TocBuilder
     _write_landmark(NO_PREFETCH_LANDMARK, writer, toc)
     names: set[str] = set()
     links: list[TarEntry] = []
-    pending: TarEntry | None = None
-    for entry in layer.entries():
+    for entry in layer.ready_entries():
         name = _carried_name(entry)
         if name is None:
             continue
@@ -321,12 +320,7 @@ def _write_streaming(layer: SpooledLayer, writer: MemberWriter, toc: _TocBuilder
         names.add(name)
         if entry.type == b"1":
             links.append(entry)
-        # An entry's content is spooled once the next header is parsed.
-        if pending is not None:
-            _write_entry(pending, writer, toc, opts)
-        pending = entry
-    if pending is not None:
-        _write_entry(pending, writer, toc, opts)
+        _write_entry(entry, writer, toc, opts)
     _check_hardlinks(links, names)
     return len(names)
 

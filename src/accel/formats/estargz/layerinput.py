@@ -153,8 +153,8 @@ class SpooledLayer:
     def entries(self) -> Iterator[TarEntry]:
         """Parse the tar, spooling it if needed; afterwards all of the input has been read.
 
-        The content of an entry is in the spool (and :meth:`mapped`) once the next entry is parsed. Called
-        again, it parses the complete spool from the start.
+        The content of an entry is in the spool once the next entry is parsed (see :meth:`ready_entries`).
+        Called again, it parses the complete spool from the start.
         """
         if self._parses:
             self.finish()
@@ -186,13 +186,22 @@ class SpooledLayer:
         self._flushed = self._tee.count
         return self._flushed
 
-    def make_readable(self, end: int) -> None:
-        """Make the tar's bytes before ``end`` (already parsed) readable by other threads through the file.
-
-        Call it on the parsing thread before handing out a range: it flushes the spool when needed.
-        """
+    def _make_readable(self, end: int) -> None:
+        """Make the tar's bytes before ``end`` (already parsed) readable through the file, by any thread."""
         if not self._spooled and end > self._flushed:
             self._spooled_size()
+
+    def ready_entries(self) -> Iterator[TarEntry]:
+        """Like :meth:`entries`, but each entry only once its content can be read from the spool (also by
+        other threads): when the next entry has been parsed, or the tar has ended."""
+        previous: TarEntry | None = None
+        for entry in self.entries():
+            if previous is not None:
+                self._make_readable(previous.data_offset + previous.data_length)
+                yield previous
+            previous = entry
+        if previous is not None:
+            yield previous
 
     @property
     def eof_offset(self) -> int:
@@ -207,10 +216,9 @@ class SpooledLayer:
         return self._map
 
     def pread(self, offset: int, n: int) -> bytes:
-        """``n`` bytes of the tar at ``offset``; while spooling, on the parsing thread or after
-        :meth:`make_readable` covered them."""
-        if not self._spooled and offset + n > self._flushed:
-            self._spooled_size()
+        """``n`` bytes of the tar at ``offset``; while spooling, on the parsing thread or bytes of an entry
+        :meth:`ready_entries` has handed out."""
+        self._make_readable(offset + n)
         data = os.pread(self._fd, n, self._base + offset)
         if len(data) != n:
             raise FormatError(f"layer: short read at {offset}")

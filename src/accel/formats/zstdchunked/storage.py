@@ -134,18 +134,6 @@ def _checked(entries: Iterable[TarEntry]) -> Iterator[TarEntry]:
         yield e
 
 
-def _spooled(layer: SpooledLayer, entries: Iterator[TarEntry]) -> Iterator[TarEntry]:
-    """Each entry once its content is readable by other threads: after the next entry is parsed."""
-    previous: TarEntry | None = None
-    for e in entries:
-        if previous is not None:
-            layer.make_readable(previous.data_offset + previous.data_length)
-            yield previous
-        previous = e
-    if previous is not None:
-        yield previous  # the parse has ended: the whole tar is in the file
-
-
 def build_storage(src: BinaryIO, dst: BinaryIO, options: StorageOptions | None = None) -> BuildResult:
     """Convert a layer to containers/storage zstd:chunked; the diff_id stays the original tar's."""
     opts = options or StorageOptions()
@@ -195,8 +183,9 @@ def _write_frames(
     files: list[list[_Chunk]] = []
     ends: list[int] = []  # member index after each file's last chunk
     prev_end = 0
-    entries, ahead = itertools.tee(_checked(layer.entries()))
-    payloads = ((_reader(layer, e), e.data_length) for e in _spooled(layer, ahead) if e.data_length)
+    # The rolling checksum's thread reads ahead of this loop: both go over entries whose content is ready.
+    entries, ahead = itertools.tee(_checked(layer.ready_entries()))
+    payloads = ((_reader(layer, e), e.data_length) for e in ahead if e.data_length)
     source = layer.mapped()
     with closing(chunk_payloads(payloads, finder)) as cuts:
         for e in entries:
