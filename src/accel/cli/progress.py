@@ -1,4 +1,9 @@
-"""Progress display for one-time conversions: rich bars on a terminal, plain log lines otherwise."""
+"""Progress display for one-time conversions: rich bars on a terminal, plain log lines otherwise.
+
+Both show, per stage, the bytes moved against the stage's total, and beside them the bytes that were
+completed without moving (mounted, already there, linked, not needed), so a finished bar is full and its
+numbers add up.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,51 @@ from types import TracebackType
 from typing import TextIO
 
 from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 from accel.converter.progress import STAGES
 
 _LABELS = {"pull": "pulled", "convert": "converted", "push": "pushed"}
+_SKIP_WORDS = {"exists": "already there"}
+
+
+def describe_skipped(skipped: dict[str, int], size: str = "bytes") -> str:
+    """``12.3 kB mounted, 4.0 kB exists`` (or raw byte counts with ``size="bytes"``); empty if none."""
+    parts = []
+    for how, nbytes in skipped.items():
+        amount = decimal(nbytes) if size == "decimal" else f"{nbytes} bytes"
+        parts.append(f"{amount} {_SKIP_WORDS.get(how, how)}")
+    return ", ".join(parts)
+
+
+class _BytesColumn(ProgressColumn):
+    """``moved/total`` in decimal units; just ``moved`` when the total is unknown (never ``/?``)."""
+
+    def render(self, task: Task) -> Text:
+        moved = decimal(int(task.fields.get("moved", 0)))
+        if task.total is None:
+            return Text(moved, style="progress.download")
+        return Text(f"{moved}/{decimal(int(task.total))}", style="progress.download")
+
+
+class _SpeedColumn(ProgressColumn):
+    """Average speed of the bytes moved; rich's own column would count mounted and skipped bytes too."""
+
+    def render(self, task: Task) -> Text:
+        moved, elapsed = int(task.fields.get("moved", 0)), task.elapsed
+        if not moved or not elapsed:
+            return Text("", style="progress.data.speed")
+        return Text(f"{decimal(int(moved / elapsed))}/s", style="progress.data.speed")
 
 
 class BarProgress:
@@ -31,13 +68,16 @@ class BarProgress:
         self._progress = Progress(
             TextColumn("{task.description:>10}"),
             BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            _BytesColumn(),
+            _SpeedColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[skipped]}"),
             console=Console(file=stream),
             transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
+        self._moved: dict[str, int] = {}
+        self._skipped: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> BarProgress:
@@ -50,16 +90,28 @@ class BarProgress:
         self._progress.stop()
 
     def _task(self, name: str) -> TaskID:
-        with self._lock:
-            if name not in self._tasks:
-                self._tasks[name] = self._progress.add_task(_LABELS.get(name, name), total=None)
-            return self._tasks[name]
+        if name not in self._tasks:
+            self._tasks[name] = self._progress.add_task(
+                _LABELS.get(name, name), total=None, moved=0, skipped=""
+            )
+        return self._tasks[name]
 
     def stage(self, name: str, total: int | None) -> None:
-        self._progress.update(self._task(name), total=total)
+        with self._lock:
+            self._progress.update(self._task(name), total=total)
 
     def advance(self, name: str, nbytes: int) -> None:
-        self._progress.advance(self._task(name), nbytes)
+        with self._lock:
+            self._moved[name] = self._moved.get(name, 0) + nbytes
+            self._progress.update(self._task(name), advance=nbytes, moved=self._moved[name])
+
+    def skip(self, name: str, nbytes: int, how: str) -> None:
+        with self._lock:
+            skipped = self._skipped.setdefault(name, {})
+            skipped[how] = skipped.get(how, 0) + nbytes
+            text = f"({describe_skipped(skipped, 'decimal')})"
+            # Skipped bytes fill the bar; the byte column shows only what moved, the text what did not.
+            self._progress.update(self._task(name), advance=nbytes, skipped=text)
 
 
 class LogProgress:
@@ -69,6 +121,7 @@ class LogProgress:
         self._stream = stream
         self._interval = interval
         self._done: dict[str, int] = dict.fromkeys(STAGES, 0)
+        self._skipped: dict[str, dict[str, int]] = {}
         self._total: dict[str, int | None] = {}
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -78,13 +131,16 @@ class LogProgress:
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
-            for name, done in self._done.items():
-                if done:
-                    self._write(name, done)
+            for name in STAGES:
+                if self._done.get(name) or self._skipped.get(name):
+                    self._write(name)
 
     def stage(self, name: str, total: int | None) -> None:
         with self._lock:
+            first = name not in self._total
             self._total[name] = total
+            if not first:
+                return  # the total grew as more blobs became known; the final line shows it
             self._last[name] = time.monotonic()
             size = f" ({total} bytes)" if total else ""
             self._stream.write(f"{name}: started{size}\n")
@@ -96,10 +152,20 @@ class LogProgress:
             now = time.monotonic()
             if now - self._last.get(name, 0.0) >= self._interval:
                 self._last[name] = now
-                self._write(name, self._done[name])
+                self._write(name)
 
-    def _write(self, name: str, done: int) -> None:
+    def skip(self, name: str, nbytes: int, how: str) -> None:
+        with self._lock:
+            skipped = self._skipped.setdefault(name, {})
+            skipped[how] = skipped.get(how, 0) + nbytes
+
+    def _write(self, name: str) -> None:
+        skipped = self._skipped.get(name, {})
+        done = self._done.get(name, 0) + sum(skipped.values())
         total = self._total.get(name)
-        of = f"/{total}" if total else ""
-        self._stream.write(f"{name}: {_LABELS.get(name, name)} {done}{of} bytes\n")
+        of = f"/{total}" if total is not None else ""
+        line = f"{name}: {_LABELS.get(name, name)} {done}{of} bytes"
+        if skipped:
+            line += f" ({self._done.get(name, 0)} bytes moved, {describe_skipped(skipped)})"
+        self._stream.write(line + "\n")
         self._stream.flush()

@@ -309,9 +309,11 @@ class _Conversion:
             self.check_canceled()
             started = time.monotonic()
             origin = self.caches.origins.get(blob.digest, self.source)
+            counter = self.counters.blob("pull", blob)
             with self.store.writer(blob.digest, blob.size, lease=self.lease) as sink:
-                origin.fetch_blob(blob, sink, lambda n: self.counters.advance("pull", n))
+                origin.fetch_blob(blob, sink, counter.advance)
                 sink.commit()
+            counter.done("pulled")
             self.counters.add_time("pull", time.monotonic() - started)
 
     # ------------------------------------------------------------------ the run
@@ -339,6 +341,7 @@ class _Conversion:
             target_digest = self._push(top, pushables, target_tag) or source_digest
             self.counters.add_time("push", time.monotonic() - push_started)
             self.caches.record([(p.platform, p.source_layers) for p in pushables])
+            self.counters.finish()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
         return ConversionResult(
@@ -375,6 +378,7 @@ class _Conversion:
             **self._marks(source_name, digest),
             **self.driver.manifest_annotations(source_name, digest),
         }
+        self.counters.expect("pull", manifest.layers)
         converted = self.driver.convert(image, self)
         layers = [layer.digest for layer in manifest.layers]
         return _Pushable(converted, _image_size(manifest), image.platform, layers)
@@ -461,7 +465,7 @@ class _Conversion:
         for document in [*documents, *(a.manifest for a in artifacts)]:
             for blob in [*document.layers, document.config]:
                 blobs.setdefault(blob.digest, blob)
-        self.counters.stage("push", sum(b.size for b in blobs.values()))
+        self.counters.expect("push", blobs.values())
         configs = {d.config.digest for d in [*documents, *(a.manifest for a in artifacts)]}
         # Layers first, then configs: a config is what makes a manifest's content look complete.
         self.map(self._push_blob, [b for d, b in blobs.items() if d not in configs])
@@ -516,9 +520,9 @@ class _Conversion:
             self.ensure_local(blob)
         if self.store.has(blob.digest):
             verified = self.store.path(blob.digest)
-        outcome = self.target.push_blob(
-            blob, open_source, origin, lambda n: self.counters.advance("push", n), verified
-        )
+        counter = self.counters.blob("push", blob)
+        outcome = self.target.push_blob(blob, open_source, origin, counter.advance, verified)
+        counter.done(outcome)
         log.debug("blob %s: %s", blob.digest, outcome)
 
 

@@ -67,7 +67,8 @@ class ImageRepository(ABC):
         verified: Path | None = None,
     ) -> str:
         """Make a blob present: ``"exists"``, ``"mounted"`` (from ``source``), ``"linked"`` (from
-        ``verified``, a content-store file holding the blob) or ``"uploaded"``."""
+        ``verified``, a content-store file holding the blob) or ``"uploaded"``. ``progress`` counts the
+        bytes copied or sent, so only an upload reports any."""
 
     def referrers_fallback(self, subject: str, descriptor: Descriptor) -> None:  # noqa: B027 - optional
         """Record ``descriptor`` as a referrer of ``subject`` where the store has no referrers API."""
@@ -222,9 +223,7 @@ class LayoutRepository(ImageRepository):
             return "exists"
         # A file of the content store was verified when it was written: link it instead of copying.
         if verified is not None and self.layout.link_blob(verified, descriptor.digest):
-            if progress:
-                progress(descriptor.size)
-            return "linked"
+            return "linked"  # no bytes moved: the caller reports the blob as linked
         with open_source() as stream:
             self.layout.ingest(stream, descriptor.digest)
         if progress:
