@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -150,6 +152,12 @@ class ProviderConfig(_Strict):
     docker_config: Path | None = None
     registry: RegistryClientConfig = RegistryClientConfig()
 
+    @field_validator("work_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        # Lets example configs keep their state in the user's home, out of the folder they live in.
+        return value.expanduser()
+
 
 class ServerConfig(_Strict):
     name: str = "API"
@@ -218,10 +226,31 @@ def _describe(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
+            near = difflib.get_close_matches(str(item["loc"][-1]), _known_keys(item["loc"][:-1]), n=1)
+            if near:
+                message += f" (did you mean {near[0]!r}?)"
         elif item["type"] == "missing":
             message = "required key is missing"
         lines.append(f"{key}: {message}")
     return "; ".join(lines)
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed at ``loc`` (a pydantic error location) of a Config, for spelling suggestions."""
+    node: Any = Config
+    for part in loc:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            if field is None:
+                return []
+            node = field.annotation
+        elif typing.get_origin(node) in (dict, list):
+            node = typing.get_args(node)[-1]  # a host name or a list index: the values' model
+        else:
+            return []
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
 
 
 def parse_config(data: Any, origin: str = "config") -> Config:

@@ -10,18 +10,39 @@ Messages never contain credentials: callers pass references and hosts, never aut
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+# accelctl's exit codes. The README's table is checked against this one, so the two cannot drift apart.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "the conversion failed (registry, format, driver), or acceld refused the request",
+    EXIT_USAGE: "usage, configuration or image reference error; nothing was contacted or written",
+    EXIT_UNREACHABLE: "`accelctl task ...`: acceld cannot be reached at `--addr`",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
 
 class AccelError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    ``notes`` are the details behind the message (one per layer, say), for output that lists them one by
+    one; the message already summarises them, so callers that show only the message lose nothing.
+    """
 
     code: str = "ERR_INTERNAL"
     status: int = 500
-    exit_code: int = 1
+    exit_code: int = EXIT_FAILED
     transient: bool = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, notes: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.message = message
+        self.notes = list(notes)
 
 
 class ConfigError(AccelError):
@@ -29,7 +50,7 @@ class ConfigError(AccelError):
 
     code = "ERR_ILLEGAL_PARAMETER"
     status = 400
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class InvalidReferenceError(AccelError):
@@ -37,7 +58,7 @@ class InvalidReferenceError(AccelError):
 
     code = "ERR_ILLEGAL_PARAMETER"
     status = 400
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class RegistryError(AccelError):

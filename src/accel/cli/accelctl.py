@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
 
 from accel import __version__
 from accel.cli import tasks
+from accel.cli.logs import demote_http_client_logs
 from accel.cli.progress import BarProgress, LogProgress
 from accel.config import Config, DriverConfig, load_config
 from accel.converter import ConversionResult, Converter
-from accel.errors import AccelError
+from accel.drivers import available_drivers
+from accel.errors import EXIT_INTERRUPTED, EXIT_OK, AccelError, InvalidReferenceError
+from accel.oci.reference import LayoutReference, parse_image_ref
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="convert one image now, in this process (no daemon needed)")
     convert.add_argument("--config", required=True, help="acceld YAML config (registries, driver, rules)")
+    drivers = available_drivers()
     convert.add_argument(
-        "--driver", help="override converter.driver.type (its options are kept only if same)"
+        "--driver",
+        choices=drivers,
+        metavar="NAME",
+        help=f"override converter.driver.type: {', '.join(drivers)} (its options are kept only if same)",
     )
     convert.add_argument(
         "--platform",
@@ -60,10 +70,34 @@ def _convert(args: argparse.Namespace) -> int:
     display: AbstractContextManager[BarProgress | LogProgress] = (
         BarProgress() if sys.stderr.isatty() and args.output == "text" else LogProgress()
     )
-    with Converter(config) as converter, display as progress:
-        result = converter.convert(args.source, target=args.target, progress=progress)
+    with Converter(config) as converter:
+        target = args.target or converter.target_for(args.source)
+        new_layout = _new_layout_dir(target)
+        try:
+            with display as progress:
+                result = converter.convert(args.source, target=target, progress=progress)
+        except BaseException:
+            # A layout directory this run created holds only parts of a failed conversion.
+            if new_layout is not None:
+                shutil.rmtree(new_layout, ignore_errors=True)
+            raise
     _print_summary(result, args.output)
-    return 0
+    return EXIT_OK
+
+
+def _new_layout_dir(target: str) -> Path | None:
+    """The target's layout directory when it is a layout that does not exist yet; checks the target.
+
+    A target is tagged last, so it needs a tag: without one the conversion could only fail at the end.
+    """
+    ref = parse_image_ref(target)
+    if isinstance(ref, LayoutReference):
+        if not ref.tag:
+            raise InvalidReferenceError(f"target {target} needs a tag: oci:PATH:TAG")
+        return None if ref.path.exists() else ref.path
+    if ref.digest:
+        raise InvalidReferenceError(f"target {target} must be a tag, not a digest")
+    return None
 
 
 def _print_summary(result: ConversionResult, output: str) -> None:
@@ -83,21 +117,35 @@ def _print_summary(result: ConversionResult, output: str) -> None:
     print("\n".join(lines))
 
 
+def _failure(exc: AccelError) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": exc.code,
+            "message": exc.message,
+            "exit_code": exc.exit_code,
+            "notes": exc.notes,
+        }
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r",
     )
+    demote_http_client_logs()
     try:
         code: int = args.func(args)
         return code
     except AccelError as exc:
         print(f"accelctl: error: {exc.message}", file=sys.stderr)
+        if getattr(args, "output", "text") == "json":
+            print(json.dumps(_failure(exc), indent=2))
         return exc.exit_code
     except KeyboardInterrupt:
         print("accelctl: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any, cast
 import uvicorn
 
 from accel import __version__
+from accel.cli.logs import demote_http_client_logs
 from accel.config import Config, load_config
 from accel.errors import AccelError
 from accel.metrics import Metrics
@@ -97,6 +98,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     setup_logging(args.log_level)
+    demote_http_client_logs()
     try:
         config = load_config(args.config)
     except AccelError as exc:

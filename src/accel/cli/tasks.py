@@ -4,7 +4,8 @@
 handler in ``args.func`` (call ``args.func(args)``; it returns the exit code). The plain functions and
 :class:`TaskClient` can be used without argparse.
 
-Exit codes: 0 success, 1 the daemon refused or the conversion failed, 3 the daemon is unreachable.
+Exit codes (``accel.errors.EXIT_CODES``): 0 success, 1 the daemon refused or the conversion failed, 3 the
+daemon is unreachable. Errors are one line on stderr, ``accelctl: error: ...``, as for ``convert``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any, TextIO
 
 import httpx
 
+from accel.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+
 DEFAULT_ADDR = "localhost:2077"
-EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3
+EXIT_REFUSED = EXIT_FAILED
 _CUT = 80
 
 
@@ -183,7 +186,7 @@ def _run(args: argparse.Namespace, action: Any, out: TextIO | None = None, err: 
         with _client(args) as client:
             text = action(client)
     except ClientError as exc:
-        print(f"accelctl: {exc.message}", file=err)
+        print(f"accelctl: error: {exc.message}", file=err)
         return exc.exit_code
     if text:
         print(text, file=out)

@@ -63,15 +63,23 @@ class SociDriver(Driver):
         plans = soci.plan_layers(
             [layer.to_dict() for layer in image.manifest.layers], min_layer_size=self.min_layer_size
         )
+        skipped: list[str] = []
         for plan in plans:
             if plan.skip_reason:
-                digest = image.manifest.layers[plan.index].digest
-                ctx.note(f"layer {digest}: not indexed: {plan.skip_reason} (pulled eagerly)")
+                layer = image.manifest.layers[plan.index]
+                reason = plan.skip_reason
+                if layer.size < self.min_layer_size:
+                    # soci's words name its CLI flag; the user changes our option.
+                    reason += f" (driver option min_layer_size is {self.min_layer_size})"
+                skipped.append(f"layer {layer.digest}: not indexed: {reason} (pulled eagerly)")
+                ctx.note(skipped[-1])
         wanted = [(image.manifest.layers[p.index], p.compression) for p in plans if p.compression]
-        ztocs = [z for z in ctx.map(lambda item: self._ztoc(*item, ctx), wanted) if z]
+        ztocs = [z for z in ctx.map(lambda item: self._ztoc(*item, ctx, skipped), wanted) if z]
         if not ztocs:
             raise ConversionError(
-                f"{image.reference}: no layer can be indexed (SOCI refuses an empty index); see the notes"
+                f"{image.reference}: no layer can be indexed (SOCI refuses an empty index): "
+                + "; ".join(skipped),
+                notes=skipped,
             )
         ctx.put_blob(soci.EMPTY_CONFIG)
         if self.index_version == 1:
@@ -108,7 +116,9 @@ class SociDriver(Driver):
         )
         return ConvertedImage(manifest=enabled, artifacts=[Artifact(index, index_entry=entry)])
 
-    def _ztoc(self, layer: Descriptor, kind: str, ctx: DriverContext) -> Descriptor | None:
+    def _ztoc(
+        self, layer: Descriptor, kind: str, ctx: DriverContext, skipped: list[str]
+    ) -> Descriptor | None:
         ctx.check_canceled()
         try:
             with ctx.open_layer(layer) as blob:
@@ -117,7 +127,8 @@ class SociDriver(Driver):
                 )
         except FormatError as exc:
             # Tar types soci cannot carry (sparse files, global PAX headers) leave the layer eager.
-            ctx.note(f"layer {layer.digest}: not indexed: {exc}")
+            skipped.append(f"layer {layer.digest}: not indexed: {exc}")
+            ctx.note(skipped[-1])
             return None
         data = ztoc.to_bytes()
         digest = ctx.put_blob(data)
