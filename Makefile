@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := docker-registry skopeo erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev libdeflate0
+# The demo needs a registry, skopeo and the default eStargz compressor; the tests also need the reference
+# tools and the Go libraries their verifiers are built from.
+DEMO_PACKAGES := docker-registry skopeo libdeflate0
+TEST_PACKAGES := $(DEMO_PACKAGES) erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev
 
-.PHONY: demo test lint typecheck unit bench system-deps clean
+.PHONY: demo test lint typecheck unit bench system-deps demo-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,16 +17,24 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# Installs the Debian packages the tests and the demo use, where they are missing (needs root or sudo).
-system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the Debian packages in $(1) that are missing (needs root or sudo).
+define install_missing
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		echo "installing:$$missing"; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
 
-demo: $(VENV)/.installed system-deps
+# Everything the tests, the benchmarks and the demo use.
+system-deps:
+	$(call install_missing,$(TEST_PACKAGES))
+
+demo-deps:
+	$(call install_missing,$(DEMO_PACKAGES))
+
+demo: $(VENV)/.installed demo-deps
 	$(BIN)/python misc/demo.py
 
 lint: $(VENV)/.installed
@@ -34,7 +45,7 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
 test: $(VENV)/.installed system-deps lint typecheck
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest
 
 bench: $(VENV)/.installed system-deps
 	$(BIN)/python bench/run_all.py
