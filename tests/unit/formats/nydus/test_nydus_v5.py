@@ -15,6 +15,8 @@ from accel.errors import FormatError
 from accel.formats.nydus.reader_v5 import V5Bootstrap, read_bootstrap_v5
 
 DATA = Path(__file__).parents[3] / "data" / "nydus" / "v5-repeatable"
+# Not under data/nydus/, which holds byte-for-byte copies of the shared fixtures only.
+BLOB_XZ = Path(__file__).parents[3] / "data" / "nydus-v5-blob"
 BLOB_ID = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
 
 
@@ -66,7 +68,7 @@ def test_v5_hardlinks_share_ino() -> None:
 def test_v5_contents_match_md5_list() -> None:
     bs = _bootstrap()
     # The 3.4 MiB blob, xz-compressed to 0.6 MiB so that it ships with the repository.
-    blob = lzma.decompress((DATA / "blobs" / f"{BLOB_ID}.xz").read_bytes())
+    blob = lzma.decompress((BLOB_XZ / f"{BLOB_ID}.xz").read_bytes())
     assert hashlib.sha256(blob).hexdigest() == BLOB_ID
     _, md5 = _expected()
     seen = 0
