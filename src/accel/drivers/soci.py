@@ -16,15 +16,19 @@ an image where no layer can be indexed fails (soci refuses empty indexes).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from accel import __version__
 from accel.drivers.base import (
     Artifact,
     ConvertedImage,
+    ConvertedLayer,
     Driver,
     DriverContext,
+    ImageLayer,
+    ReadAt,
     SourceImage,
     check_known_options,
     choice_option,
@@ -38,10 +42,16 @@ from accel.oci.manifest import Descriptor, Manifest
 
 _OPTIONS = ("index_version", "span_size", "min_layer_size", "build_tool_identifier")
 
+Ztoc = Descriptor | None
+"""A layer's extra: the descriptor of its zTOC, or None when the layer stays eager."""
 
-class SociDriver(Driver):
+
+class SociDriver(Driver[Ztoc]):
     name = "soci"
     version = "1"
+    tag_suffix = "-soci"
+    # The layer is kept as it is and its zTOC is a second blob, which the layer cache cannot record.
+    caches_layers = False
 
     def __init__(self, options: Mapping[str, str]) -> None:
         super().__init__(options)
@@ -59,16 +69,30 @@ class SociDriver(Driver):
             "build_tool_identifier": self.build_tool,
         }
 
-    def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
-        plans = soci.plan_layers(
-            [layer.to_dict() for layer in image.manifest.layers], min_layer_size=self.min_layer_size
-        )
-        for plan in plans:
-            if plan.skip_reason:
-                digest = image.manifest.layers[plan.index].digest
-                ctx.note(f"layer {digest}: not indexed: {plan.skip_reason} (pulled eagerly)")
-        wanted = [(image.manifest.layers[p.index], p.compression) for p in plans if p.compression]
-        ztocs = [z for z in ctx.map(lambda item: self._ztoc(*item, ctx), wanted) if z]
+    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer[Ztoc]:
+        (plan,) = soci.plan_layers([layer.to_dict()], min_layer_size=self.min_layer_size)
+        if plan.compression is None:
+            ctx.note(f"layer {layer.digest}: not indexed: {plan.skip_reason} (pulled eagerly)")
+            return ConvertedLayer(layer, diff_id, None)
+        return ConvertedLayer(layer, diff_id, self._ztoc(layer, plan.compression, ctx))
+
+    def encode_extra(self, extra: Ztoc) -> bytes:
+        return b"" if extra is None else json.dumps(extra.to_dict()).encode()
+
+    def decode_extra(self, data: bytes) -> Ztoc:
+        return Descriptor.from_dict(json.loads(data)) if data else None
+
+    def recover_extra(self, descriptor: Descriptor, read_at: ReadAt) -> Ztoc:
+        raise ConversionError("a SOCI layer's zTOC is not part of the layer blob and cannot be recovered")
+
+    def finish_image(
+        self,
+        image: SourceImage,
+        layers: Sequence[ConvertedLayer[Ztoc]],
+        appended: Sequence[ImageLayer],
+        ctx: DriverContext,
+    ) -> ConvertedImage:
+        ztocs = [layer.extra for layer in layers if layer.extra is not None]
         if not ztocs:
             raise ConversionError(
                 f"{image.reference}: no layer can be indexed (SOCI refuses an empty index); see the notes"
@@ -109,7 +133,6 @@ class SociDriver(Driver):
         return ConvertedImage(manifest=enabled, artifacts=[Artifact(index, index_entry=entry)])
 
     def _ztoc(self, layer: Descriptor, kind: str, ctx: DriverContext) -> Descriptor | None:
-        ctx.check_canceled()
         try:
             with ctx.open_layer(layer) as blob:
                 ztoc = soci.build_ztoc(
@@ -121,7 +144,7 @@ class SociDriver(Driver):
             return None
         data = ztoc.to_bytes()
         digest = ctx.put_blob(data)
-        ctx.advance("convert", ztoc.uncompressed_archive_size)
+        ctx.advance(ztoc.uncompressed_archive_size)
         return Descriptor.from_dict(
             soci.ztoc_descriptor(
                 digest,
