@@ -12,9 +12,11 @@ from contextlib import AbstractContextManager
 from accel import __version__
 from accel.cli import tasks
 from accel.cli.progress import BarProgress, LogProgress
-from accel.config import Config, DriverConfig, load_config
+from accel.config import Config, DriverConfig, Rule, load_config
 from accel.converter import ConversionResult, Converter
-from accel.errors import AccelError
+from accel.drivers import create_driver
+from accel.errors import AccelError, ConfigError
+from accel.oci.platform import Platform
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--platform",
         action="append",
         default=[],
+        type=_platform,
         metavar="OS/ARCH[/VARIANT]",
         help="convert only this platform (repeatable; default converter.platforms, else all)",
     )
-    convert.add_argument("--target", help="target reference (default: source tag + the rule's tag_suffix)")
+    convert.add_argument(
+        "--target",
+        help="target reference (default: source tag + the rule's tag_suffix, or the --driver's own suffix)",
+    )
+    convert.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a target tag that holds something else (converter.overwrite)",
+    )
     convert.add_argument("--output", choices=("text", "json"), default="text", help="summary format")
     convert.add_argument("source", help="image reference (host/repo:tag, host/repo@digest, oci:PATH[:TAG])")
     convert.set_defaults(func=_convert)
@@ -46,12 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _platform(spec: str) -> str:
+    """``--platform`` names os and architecture: a lone ``arm64`` would silently mean this host's OS."""
+    if "/" not in spec:
+        raise argparse.ArgumentTypeError(f"invalid platform {spec!r}: expected os/arch[/variant]")
+    try:
+        return str(Platform.parse(spec))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _override(config: Config, args: argparse.Namespace) -> Config:
     converter = config.converter
     if args.driver and args.driver != converter.driver.type:
-        converter = converter.model_copy(update={"driver": DriverConfig(type=args.driver)})
+        # The config's rules name the suffix of the config's driver; another driver writes its own.
+        suffix = create_driver(DriverConfig(type=args.driver)).tag_suffix
+        rules = [rule.model_copy(update={"tag_suffix": suffix}) for rule in converter.rules]
+        converter = converter.model_copy(
+            update={"driver": DriverConfig(type=args.driver), "rules": rules or [Rule(tag_suffix=suffix)]}
+        )
     if args.platform:
         converter = converter.model_copy(update={"platforms": ",".join(args.platform)})
+    if args.force:
+        converter = converter.model_copy(update={"overwrite": True})
     return config.model_copy(update={"converter": converter})
 
 
