@@ -195,6 +195,9 @@ class ConverterConfig(_Strict):
     platforms: str = ""
     driver: DriverConfig
     rules: list[Rule] = []
+    overwrite: bool = False
+    """*new*: move a target tag even when it holds something this service did not make from the same
+    source with the same driver (``accelctl convert --force``)."""
 
     @property
     def platform_list(self) -> list[str]:

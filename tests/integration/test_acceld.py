@@ -109,7 +109,9 @@ class Acceld:
 
     def start(self, timeout: float = 30.0, **env: str) -> Acceld:
         self.config_file.write_text(yaml.safe_dump(self.config))
-        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **self.env, **env}
+        # The tree under test first, before an installed copy (a caller's PYTHONPATH names the tree).
+        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO_ROOT)) if p)
+        environment = {**os.environ, "PYTHONPATH": path, **self.env, **env}
         if self.fake:
             environment["ACCELD_CONVERTER_FACTORY"] = "tests.unit.tasks.fake_converter:factory"
         with self.log_file.open("ab") as log:

@@ -203,7 +203,7 @@ def test_reconverting_an_image_reuses_its_merged_bootstrap(
 
     monkeypatch.setattr("accel.drivers.nydus.nydus.merge", no_merge)
     again = _convert(
-        config, f"{registry_plain.host}/cache/a:v1", target=f"{registry_plain.host}/cache/a:again"
+        config, f"{registry_plain.host}/cache/a:v1", target=f"{registry_plain.host}/cache/a:again-nydus"
     )
     assert again.target_digest == first.target_digest
     assert (again.cache_hits, again.cache_misses) == (3, 0)

@@ -5,22 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 from accel import __version__
 from accel.cli import tasks
 from accel.cli.logs import demote_http_client_logs
 from accel.cli.progress import BarProgress, LogProgress
-from accel.config import Config, DriverConfig, load_config
+from accel.config import Config, DriverConfig, Rule, load_config
 from accel.converter import ConversionResult, Converter
-from accel.drivers import available_drivers
-from accel.errors import EXIT_INTERRUPTED, EXIT_OK, AccelError, InvalidReferenceError
-from accel.oci.reference import LayoutReference, parse_image_ref
+from accel.drivers import available_drivers, create_driver
+from accel.errors import EXIT_INTERRUPTED, EXIT_OK, AccelError, ConfigError
+from accel.oci.platform import Platform
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,10 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--platform",
         action="append",
         default=[],
+        type=_platform,
         metavar="OS/ARCH[/VARIANT]",
         help="convert only this platform (repeatable; default converter.platforms, else all)",
     )
-    convert.add_argument("--target", help="target reference (default: source tag + the rule's tag_suffix)")
+    convert.add_argument(
+        "--target",
+        help="target reference (default: source tag + the rule's tag_suffix, or the --driver's own suffix)",
+    )
+    convert.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a target tag that holds something else (converter.overwrite)",
+    )
     convert.add_argument("--output", choices=("text", "json"), default="text", help="summary format")
     convert.add_argument("source", help="image reference (host/repo:tag, host/repo@digest, oci:PATH[:TAG])")
     convert.set_defaults(func=_convert)
@@ -56,12 +63,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _platform(spec: str) -> str:
+    """``--platform`` names os and architecture: a lone ``arm64`` would silently mean this host's OS."""
+    if "/" not in spec:
+        raise argparse.ArgumentTypeError(f"invalid platform {spec!r}: expected os/arch[/variant]")
+    try:
+        return str(Platform.parse(spec))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _override(config: Config, args: argparse.Namespace) -> Config:
     converter = config.converter
     if args.driver and args.driver != converter.driver.type:
-        converter = converter.model_copy(update={"driver": DriverConfig(type=args.driver)})
+        # The config's rules name the suffix of the config's driver; another driver writes its own.
+        suffix = create_driver(DriverConfig(type=args.driver)).tag_suffix
+        rules = [rule.model_copy(update={"tag_suffix": suffix}) for rule in converter.rules]
+        converter = converter.model_copy(
+            update={"driver": DriverConfig(type=args.driver), "rules": rules or [Rule(tag_suffix=suffix)]}
+        )
     if args.platform:
         converter = converter.model_copy(update={"platforms": ",".join(args.platform)})
+    if args.force:
+        converter = converter.model_copy(update={"overwrite": True})
     return config.model_copy(update={"converter": converter})
 
 
@@ -70,34 +94,10 @@ def _convert(args: argparse.Namespace) -> int:
     display: AbstractContextManager[BarProgress | LogProgress] = (
         BarProgress() if sys.stderr.isatty() and args.output == "text" else LogProgress()
     )
-    with Converter(config) as converter:
-        target = args.target or converter.target_for(args.source)
-        new_layout = _new_layout_dir(target)
-        try:
-            with display as progress:
-                result = converter.convert(args.source, target=target, progress=progress)
-        except BaseException:
-            # A layout directory this run created holds only parts of a failed conversion.
-            if new_layout is not None:
-                shutil.rmtree(new_layout, ignore_errors=True)
-            raise
+    with Converter(config) as converter, display as progress:
+        result = converter.convert(args.source, target=args.target, progress=progress)
     _print_summary(result, args.output)
     return EXIT_OK
-
-
-def _new_layout_dir(target: str) -> Path | None:
-    """The target's layout directory when it is a layout that does not exist yet; checks the target.
-
-    A target is tagged last, so it needs a tag: without one the conversion could only fail at the end.
-    """
-    ref = parse_image_ref(target)
-    if isinstance(ref, LayoutReference):
-        if not ref.tag:
-            raise InvalidReferenceError(f"target {target} needs a tag: oci:PATH:TAG")
-        return None if ref.path.exists() else ref.path
-    if ref.digest:
-        raise InvalidReferenceError(f"target {target} must be a tag, not a digest")
-    return None
 
 
 def _print_summary(result: ConversionResult, output: str) -> None:

@@ -27,7 +27,7 @@ from typing import Final
 
 from accel.content import ContentStore
 from accel.converter.repositories import ImageRepository, LayoutRepository, RegistryRepository
-from accel.drivers.base import CachedLayer, Driver, LayerDriver
+from accel.drivers.base import ReadAt
 from accel.errors import AccelError, NotFoundError
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
@@ -53,6 +53,25 @@ CREATE TABLE IF NOT EXISTS layers (
 );
 CREATE INDEX IF NOT EXISTS layers_last_used ON layers(last_used);
 """
+
+
+@dataclass(frozen=True)
+class CachedLayer:
+    """A converted layer as the caches keep it: ``extra`` is the driver's encoding of the layer's extra."""
+
+    descriptor: Descriptor
+    diff_id: str
+    extra: bytes = b""
+
+
+@dataclass(frozen=True)
+class RemoteRecord:
+    """A converted layer known from the remote cache image only: the driver reads its extra from the blob
+    through ``read_at`` (Nydus: the bootstrap in the blob's trailer)."""
+
+    descriptor: Descriptor
+    diff_id: str
+    read_at: ReadAt
 
 
 @dataclass
@@ -284,8 +303,12 @@ def _same_platform(a: Platform | None, b: Platform | None) -> bool:
 
 
 class CacheSession:
-    """One conversion's use of the caches: lookups verified against where blobs really are, what to
-    record once the result is pushed, and where cached blobs can be mounted or pulled from."""
+    """One conversion's use of the caches, for one driver key: lookups verified against where blobs really
+    are, what to record once the result is pushed, and where cached blobs can be mounted or pulled from.
+
+    It knows nothing of drivers: entries carry the driver's encoded extra, and a remote record only says
+    where to read it from.
+    """
 
     def __init__(
         self,
@@ -294,44 +317,39 @@ class CacheSession:
         store: ContentStore,
         target: ImageRepository,
         client: RegistryClient,
-        driver: Driver,
+        driver_key: str,
     ) -> None:
         self.local = local
-        self.remote = remote if isinstance(driver, LayerDriver) else None
+        self.remote = remote
         self.store = store
         self.target = target
         self.client = client
-        self.driver = driver
-        self.hits = 0
-        self.misses = 0
+        self.driver_key = driver_key
         self.origins: dict[str, ImageRepository] = {}
         """Blobs that are neither in the store nor in the source, and the repository holding each."""
         self._lock = threading.Lock()
-        self._new: list[tuple[str, str, CachedLayer]] = []
-        self._reused: list[tuple[str, str]] = []
+        self._new: list[tuple[str, CachedLayer]] = []
+        self._reused: list[str] = []
         self._results: dict[str, CachedLayer] = {}
 
-    def lookup(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
-        if self.local is None and self.remote is None:
-            return None
-        found = self._local_hit(layer, driver_key) or self._remote_hit(layer, driver_key)
-        with self._lock:
-            if found is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self._results[layer.digest] = found
-        return found
+    @property
+    def enabled(self) -> bool:
+        return self.local is not None or self.remote is not None
 
-    def lookup_local(self, key: str, driver_key: str) -> CachedLayer | None:
-        """A local entry by key alone (layers made from a whole image), verified, not counted."""
-        return self._local_hit(Descriptor(mt.OCI_LAYER, key, 0), driver_key)
+    def lookup(self, layer: Descriptor) -> CachedLayer | RemoteRecord | None:
+        """An earlier conversion of ``layer`` whose blob can still be had, or None."""
+        return self._local_hit(layer.digest) or self._remote_hit(layer.digest)
 
-    def remember(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
+    def lookup_image(self, key: str) -> CachedLayer | None:
+        """A local entry by key alone (layers made from a whole image), verified."""
+        return self._local_hit(key)
+
+    def remember(self, source_digest: str, converted: CachedLayer) -> None:
+        """Offer a conversion (recorded by ``record`` once the result is pushed)."""
         with self._lock:
-            self._results[layer.digest] = converted
+            self._results[source_digest] = converted
             if self.local is not None:
-                self._new.append((layer.digest, driver_key, converted))
+                self._new.append((source_digest, converted))
 
     def record(self, images: list[tuple[Platform | None, list[str]]]) -> None:
         """After a successful push (``images``: each converted image's platform and source layers): the
@@ -346,35 +364,41 @@ class CacheSession:
         if self.local is None:
             return
         location = self.target.location
-        for layer_digest, key, converted in self._new:
+        for source_digest, converted in self._new:
             self.local.put(
-                layer_digest, key, converted.descriptor, converted.diff_id, converted.extra, [location]
+                source_digest,
+                self.driver_key,
+                converted.descriptor,
+                converted.diff_id,
+                converted.extra,
+                [location],
             )
-        for layer_digest, key in self._reused:
-            self.local.add_location(layer_digest, key, location)
+        for source_digest in self._reused:
+            self.local.add_location(source_digest, self.driver_key, location)
 
-    def _local_hit(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
+    def _local_hit(self, source_digest: str) -> CachedLayer | None:
         if self.local is None:
             return None
-        entry = self.local.get(layer.digest, driver_key)
+        entry = self.local.get(source_digest, self.driver_key)
         if entry is None:
             return None
         if not self._locate(entry.descriptor.digest, entry.locations):
             log.info(
-                "layer cache: %s of %s vanished, converting again", entry.descriptor.digest, layer.digest
+                "layer cache: %s of %s vanished, converting again", entry.descriptor.digest, source_digest
             )
-            self.local.discard(layer.digest, driver_key)
+            self.local.discard(source_digest, self.driver_key)
             return None
-        log.info("layer cache hit: %s -> %s", layer.digest, entry.descriptor.digest)
+        log.info("layer cache hit: %s -> %s", source_digest, entry.descriptor.digest)
         with self._lock:
-            self._reused.append((layer.digest, driver_key))
-        return CachedLayer(entry.descriptor, entry.diff_id, entry.extra)
+            self._reused.append(source_digest)
+            self._results[source_digest] = CachedLayer(entry.descriptor, entry.diff_id, entry.extra)
+        return self._results[source_digest]
 
-    def _remote_hit(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
-        remote, driver = self.remote, self.driver
-        if remote is None or not isinstance(driver, LayerDriver):
+    def _remote_hit(self, source_digest: str) -> RemoteRecord | None:
+        remote = self.remote
+        if remote is None:
             return None
-        record = remote.lookup(layer.digest)
+        record = remote.lookup(source_digest)
         if record is None or not self.target.has_blob(record.digest):
             return None
         own = (UNCOMPRESSED, keys.NYDUS_SOURCE_DIGEST)
@@ -383,15 +407,8 @@ class CacheSession:
         def read_at(offset: int, length: int) -> bytes:
             return self.client.read_blob_range(remote.host, remote.repository, record.digest, offset, length)
 
-        try:
-            extra = driver.recover_extra(descriptor, read_at)
-        except AccelError as exc:
-            log.warning("remote cache record %s unusable: %s", record.digest, exc)
-            return None
-        log.info("remote cache hit: %s -> %s", layer.digest, record.digest)
-        found = CachedLayer(descriptor, record.annotations[UNCOMPRESSED], extra)
-        self.remember(layer, driver_key, found)
-        return found
+        log.info("remote cache hit: %s -> %s", source_digest, record.digest)
+        return RemoteRecord(descriptor, record.annotations[UNCOMPRESSED], read_at)
 
     def _locate(self, digest: str, locations: list[str]) -> bool:
         """Whether the blob can be had: in the target, from a place it was seen (a mount costs nothing),

@@ -160,6 +160,19 @@ class ConversionResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A source image pinned to one manifest: what ``Converter.convert`` converts, without resolving the
+    tag again (a tag moved since is not followed)."""
+
+    reference: str
+    """The reference as named (``host/repo:tag``); it is what the converted image's annotations record."""
+    digest: str
+    media_type: str
+    data: bytes
+    """The manifest or index, as fetched and verified against ``digest``."""
+
+
 @dataclass
 class SourceInspection:
     """What the daemon needs to decide whether and where to convert, from one manifest request."""
@@ -169,5 +182,6 @@ class SourceInspection:
     media_type: str
     is_index: bool
     target: str
+    resolved: ResolvedSource
     converted_by_us: str | None = None
     existing_target_digest: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from accel.config import DriverConfig
 from accel.drivers.base import (
@@ -11,7 +12,9 @@ from accel.drivers.base import (
     ConvertedLayer,
     Driver,
     DriverContext,
-    LayerDriver,
+    ImageLayer,
+    PlainDriver,
+    ReadAt,
     SourceImage,
 )
 from accel.drivers.estargz import EStargzDriver
@@ -21,10 +24,10 @@ from accel.drivers.soci import SociDriver
 from accel.drivers.zstdchunked import ZstdChunkedDriver
 from accel.errors import ConfigError
 
-DriverFactory = Callable[[Mapping[str, str]], Driver]
+DriverFactory = Callable[[Mapping[str, str]], Driver[Any]]
 
 
-def _estargz(options: Mapping[str, str]) -> Driver:
+def _estargz(options: Mapping[str, str]) -> Driver[Any]:
     # Upstream selects zstd:chunked through the estargz driver; what it produced is the stargz flavour.
     if (options.get("compression") or "estargz") == "zstdchunked":
         return ZstdChunkedDriver(options, default_flavour="stargz")
@@ -32,7 +35,7 @@ def _estargz(options: Mapping[str, str]) -> Driver:
 
 
 _DRIVERS: dict[str, DriverFactory] = {
-    OCIDriver.name: lambda options: OCIDriver(dict(options)),
+    OCIDriver.name: OCIDriver,
     EStargzDriver.name: _estargz,
     ZstdChunkedDriver.name: ZstdChunkedDriver,
     NydusDriver.name: NydusDriver,
@@ -44,7 +47,7 @@ def available_drivers() -> list[str]:
     return sorted(_DRIVERS)
 
 
-def create_driver(config: DriverConfig) -> Driver:
+def create_driver(config: DriverConfig) -> Driver[Any]:
     """The driver named by ``converter.driver.type``, configured with ``converter.driver.config``."""
     factory = _DRIVERS.get(config.type)
     if factory is None:
@@ -61,7 +64,9 @@ __all__ = [
     "ConvertedLayer",
     "Driver",
     "DriverContext",
-    "LayerDriver",
+    "ImageLayer",
+    "PlainDriver",
+    "ReadAt",
     "SourceImage",
     "available_drivers",
     "create_driver",

@@ -1,35 +1,43 @@
 """The driver interface: one thin adapter per format between the converter and a format library.
 
-A driver converts one image manifest (one platform). The converter resolves the source, selects
-platforms, hands each manifest to the driver through a ``DriverContext``, then pushes what the driver
-returns. Drivers never talk to registries: they read source layers and write new blobs through the
-context, which pulls lazily and stores everything in the content store.
+The converter owns a conversion: it resolves the source, selects platforms, looks every layer up in the
+layer cache and calls the driver only for the layers the cache lacks, then pushes. A driver answers two
+questions, for one platform's image at a time:
 
-Most formats convert layer by layer; ``LayerDriver`` runs ``convert_layer`` over the layers in parallel
-(bounded by the context) and rebuilds the config and manifest around the results.
+* ``convert_layer`` — one source layer in, one converted layer out (a new blob in the content store, or the
+  layer as it is), with the ``extra`` the driver needs later to rebuild the image without converting the
+  layer again (Nydus: the layer's bootstrap and blob meta). ``encode_extra``/``decode_extra`` serialise it
+  for the layer cache; ``recover_extra`` rebuilds it from a converted blob alone (a remote cache record).
+* ``image_layers`` then ``finish_image`` — the image-level work: layers made from all the converted layers
+  together (Nydus's merged bootstrap; the converter caches them too), and the manifest and artifacts
+  (config rewritten, SOCI index, referrers, merged manifests).
+
+Drivers never talk to registries or caches: they read source layers and write blobs through a small
+``DriverContext``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, ClassVar, Protocol, TypeVar
+from typing import Any, BinaryIO, ClassVar, Generic, Protocol, TypeVar
 
 from accel.content import BlobWriter
-from accel.errors import ConfigError, ConversionError, FormatError
+from accel.errors import ConfigError
 from accel.oci import mediatypes as mt
 from accel.oci.manifest import Descriptor, ImageConfig, Index, Manifest
 from accel.oci.platform import Platform
 
-T = TypeVar("T")
-R = TypeVar("R")
+E = TypeVar("E")
+C = TypeVar("C", bound=str)
+
+ReadAt = Callable[[int, int], bytes]
+"""``read_at(offset, length)``: ranged reads of one blob."""
 
 
 class DriverContext(Protocol):
-    """What a driver may do while converting; implemented by the converter."""
+    """The I/O a format needs while converting; implemented by the converter."""
 
     def open_layer(self, layer: Descriptor) -> BinaryIO:
         """The source blob of ``layer`` (compressed as stored), pulled into the content store if needed."""
@@ -47,37 +55,16 @@ class DriverContext(Protocol):
         """A small blob (config, manifest) from the content store or the source."""
         ...
 
-    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        """``[fn(i) for i in items]``, run in parallel within the converter's bounds."""
-        ...
-
     def check_canceled(self) -> None:
         """Raise CanceledError when the conversion was canceled."""
         ...
 
-    def advance(self, stage: str, nbytes: int) -> None:
-        """Report progress: ``nbytes`` more bytes done in ``stage`` (``"convert"``)."""
+    def advance(self, nbytes: int) -> None:
+        """Report progress: ``nbytes`` more uncompressed bytes converted."""
         ...
 
     def note(self, message: str) -> None:
         """Record something the user should see in the result (a skipped layer and why)."""
-        ...
-
-    def cached_layer(self, layer: Descriptor, driver_key: str) -> CachedLayer | None:
-        """A usable earlier conversion of ``layer`` by a driver with ``driver_key``, or None."""
-        ...
-
-    def remember_layer(self, layer: Descriptor, driver_key: str, converted: CachedLayer) -> None:
-        """Offer a conversion to the layer cache (recorded once the result is pushed)."""
-        ...
-
-    def cached_image_layer(self, key: str, driver_key: str) -> CachedLayer | None:
-        """A layer made from a whole image's layers before (Nydus's bootstrap), by ``key``; not counted
-        as a layer cache hit or miss."""
-        ...
-
-    def remember_image_layer(self, key: str, driver_key: str, layer: CachedLayer) -> None:
-        """Offer such a layer to the cache, under ``key``."""
         ...
 
     @property
@@ -105,6 +92,25 @@ class SourceImage:
         """The source manifest's descriptor (for a ``subject``)."""
         media_type = self.manifest.media_type or mt.OCI_MANIFEST
         return Descriptor(media_type, self.digest, len(self.manifest.to_bytes()))
+
+
+@dataclass(frozen=True)
+class ConvertedLayer(Generic[E]):
+    """One converted layer: its blob, its uncompressed digest, and what the driver needs of it later."""
+
+    descriptor: Descriptor
+    diff_id: str
+    extra: E
+
+
+@dataclass(frozen=True)
+class ImageLayer:
+    """A layer made from all the converted layers of an image (Nydus's bootstrap), appended after them."""
+
+    descriptor: Descriptor
+    diff_id: str
+    history: dict[str, Any]
+    """Its entry in the config's ``history``."""
 
 
 @dataclass
@@ -139,28 +145,16 @@ class ConvertedImage:
     """``artifactType`` of the converted manifest's entry in the output index (Nydus in merged indexes)."""
 
 
-@dataclass(frozen=True)
-class CachedLayer:
-    """A converted layer as the layer cache keeps it: ``extra`` is the driver's encoding of its extra."""
-
-    descriptor: Descriptor
-    diff_id: str
-    extra: bytes = b""
-
-
-@dataclass
-class ConvertedLayer:
-    descriptor: Descriptor
-    diff_id: str
-    extra: Any = None
-    """Driver-specific results needed after all layers are converted (Nydus: the layer's bootstrap)."""
-
-
-class Driver(ABC):
-    """A format adapter. Subclasses set ``name`` and parse their options in ``__init__``."""
+class Driver(ABC, Generic[E]):
+    """A format adapter. Subclasses set ``name`` and parse their options in ``__init__``; ``E`` is the type of
+    the per-layer ``extra``."""
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
+    tag_suffix: ClassVar[str]
+    """The target tag suffix when no rule of this driver's config names one."""
+    caches_layers: ClassVar[bool] = True
+    """Whether converted layers are worth caching (False: the driver reads no layer or keeps it as it is)."""
 
     def __init__(self, options: Mapping[str, str]) -> None:
         self.options = dict(options)
@@ -178,8 +172,38 @@ class Driver(ABC):
         return f"{self.name}/{self.version}/{self.options_key()}"
 
     @abstractmethod
-    def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
-        """Convert one image manifest."""
+    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer[E]:
+        """Convert one source layer (``diff_id``: its uncompressed digest); layers may run in parallel."""
+
+    @abstractmethod
+    def encode_extra(self, extra: E) -> bytes:
+        """``ConvertedLayer.extra`` as the layer cache keeps it."""
+
+    @abstractmethod
+    def decode_extra(self, data: bytes) -> E: ...
+
+    @abstractmethod
+    def recover_extra(self, descriptor: Descriptor, read_at: ReadAt) -> E:
+        """The extra of a converted blob known only by its descriptor (a remote cache record), read from the
+        blob itself."""
+
+    def image_layers(
+        self, image: SourceImage, layers: Sequence[ConvertedLayer[E]], ctx: DriverContext
+    ) -> list[ImageLayer]:
+        """Layers built from all the converted layers together, appended after them (default: none). The
+        converter caches them by the source layers they were made from."""
+        return []
+
+    def finish_image(
+        self,
+        image: SourceImage,
+        layers: Sequence[ConvertedLayer[E]],
+        appended: Sequence[ImageLayer],
+        ctx: DriverContext,
+    ) -> ConvertedImage:
+        """The converted image around the converted and appended layers (default: config rewritten, OCI
+        media types)."""
+        return rebuild_image(image, layers, appended, ctx)
 
     def finish_index(self, index: Index, source: Index, ctx: DriverContext) -> Index:
         """Adjust the rebuilt index of a multi-platform conversion (default: unchanged)."""
@@ -191,93 +215,35 @@ class Driver(ABC):
         return {}
 
 
-class LayerDriver(Driver):
-    """A driver that converts each layer on its own and then rebuilds config and manifest."""
+class PlainDriver(Driver[None]):
+    """A driver whose converted layers need nothing beyond their descriptor and diff_id."""
 
-    @abstractmethod
-    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:
-        """Convert one source layer (``diff_id``: its uncompressed digest) into a new blob in the store."""
-
-    def encode_extra(self, extra: Any) -> bytes:
-        """Serialise ``ConvertedLayer.extra`` for the layer cache (drivers that use ``extra`` override)."""
+    def encode_extra(self, extra: None) -> bytes:
         return b""
 
-    def decode_extra(self, data: bytes) -> Any:
+    def decode_extra(self, data: bytes) -> None:
         return None
 
-    def recover_extra(self, descriptor: Descriptor, read_at: Callable[[int, int], bytes]) -> bytes:
-        """The encoded extra of a converted blob known only by its descriptor (a remote cache record),
-        read from the blob itself with ranged reads. Drivers without extra need nothing."""
-        return b""
-
-    def extra_layers(
-        self, image: SourceImage, layers: list[ConvertedLayer], ctx: DriverContext
-    ) -> list[tuple[ConvertedLayer, dict[str, Any]]]:
-        """Layers appended after the converted ones, each with its history entry (Nydus's bootstrap)."""
-        return []
-
-    def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
-        diff_ids, layers = image.config.diff_ids, image.manifest.layers
-        if len(diff_ids) != len(layers):
-            raise ConversionError(
-                f"{image.reference}: config lists {len(diff_ids)} diff_ids for {len(layers)} layers"
-            )
-
-        key = self.key()
-
-        def one(pair: tuple[Descriptor, str]) -> ConvertedLayer:
-            layer, diff_id = pair
-            ctx.check_canceled()
-            cached = ctx.cached_layer(layer, key)
-            if cached is not None:
-                return ConvertedLayer(cached.descriptor, cached.diff_id, self.decode_extra(cached.extra))
-            try:
-                converted = self.convert_layer(layer, diff_id, ctx)
-            except FormatError as exc:
-                raise exc.in_layer(layer.digest) from exc
-            extra = self.encode_extra(converted.extra)
-            ctx.remember_layer(layer, key, CachedLayer(converted.descriptor, converted.diff_id, extra))
-            return converted
-
-        converted = ctx.map(one, list(zip(layers, diff_ids, strict=True)))
-        return rebuild_image(image, converted, self._extra_layers_once(image, converted, ctx), ctx)
-
-    def _extra_layers_once(
-        self, image: SourceImage, layers: list[ConvertedLayer], ctx: DriverContext
-    ) -> list[tuple[ConvertedLayer, dict[str, Any]]]:
-        """``extra_layers``, taken from the cache when the same layers were converted together before:
-        re-converting an image then costs no merge (a Nydus bootstrap of 100k files takes seconds)."""
-        driver_key = self.key()
-        sources = "\n".join([driver_key, *(layer.digest for layer in image.manifest.layers)])
-        key = "sha256:" + hashlib.sha256(sources.encode()).hexdigest()
-        cached = ctx.cached_image_layer(key, driver_key)
-        if cached is not None:
-            return [(ConvertedLayer(cached.descriptor, cached.diff_id), json.loads(cached.extra))]
-        extras = self.extra_layers(image, layers, ctx)
-        if len(extras) == 1:
-            layer, history = extras[0]
-            ctx.remember_image_layer(
-                key, driver_key, CachedLayer(layer.descriptor, layer.diff_id, json.dumps(history).encode())
-            )
-        return extras
+    def recover_extra(self, descriptor: Descriptor, read_at: ReadAt) -> None:
+        return None
 
 
 def rebuild_image(
     image: SourceImage,
-    layers: list[ConvertedLayer],
-    extra: list[tuple[ConvertedLayer, dict[str, Any]]],
+    layers: Sequence[ConvertedLayer[Any]],
+    appended: Sequence[ImageLayer],
     ctx: DriverContext,
 ) -> ConvertedImage:
-    """The OCI image made of ``layers`` (+ ``extra``): config diff_ids and history rewritten, OCI types."""
+    """The OCI image made of ``layers`` (+ ``appended``): config diff_ids and history rewritten, OCI types."""
     config = ImageConfig.from_json(image.config.to_json())
     config.diff_ids = [layer.diff_id for layer in layers]
-    for layer, history in extra:
-        config.append_layer(layer.diff_id, history if config.history else None)
+    for layer in appended:
+        config.append_layer(layer.diff_id, layer.history if config.history else None)
     config_bytes = config.to_bytes()
     config_digest = ctx.put_blob(config_bytes)
     manifest = Manifest(
         config=Descriptor(media_type=mt.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
-        layers=[layer.descriptor for layer in layers] + [layer.descriptor for layer, _ in extra],
+        layers=[layer.descriptor for layer in layers] + [layer.descriptor for layer in appended],
         media_type=mt.OCI_MANIFEST,
         annotations={**image.manifest.annotations, **image.annotations},
     )
@@ -311,13 +277,13 @@ def int_option(options: Mapping[str, str], key: str, default: int, *, minimum: i
     return number
 
 
-def choice_option(options: Mapping[str, str], key: str, choices: Sequence[str], default: str) -> str:
+def choice_option(options: Mapping[str, str], key: str, choices: Sequence[C], default: C) -> C:
+    """One of ``choices`` (typed as them: a ``Literal`` tuple gives a ``Literal`` back)."""
     value = (options.get(key) or default).strip()
-    if value not in choices:
-        raise ConfigError(
-            f"converter.driver.config.{key}: expected one of {', '.join(choices)}, got {value!r}"
-        )
-    return value
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ConfigError(f"converter.driver.config.{key}: expected one of {', '.join(choices)}, got {value!r}")
 
 
 def list_option(options: Mapping[str, str], key: str) -> tuple[str, ...]:

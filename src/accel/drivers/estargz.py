@@ -21,7 +21,7 @@ from typing import Any
 from accel.drivers.base import (
     ConvertedLayer,
     DriverContext,
-    LayerDriver,
+    PlainDriver,
     bool_option,
     check_known_options,
     choice_option,
@@ -29,6 +29,7 @@ from accel.drivers.base import (
     list_option,
 )
 from accel.formats import estargz
+from accel.formats.estargz.compress import Backend
 from accel.oci import mediatypes as mt
 from accel.oci.manifest import Descriptor
 
@@ -42,11 +43,13 @@ _OPTIONS = (
     "compressor",
     "docker2oci",
 )
+_COMPRESSORS: tuple[Backend, ...] = ("libdeflate", "zlib-ng", "isal")
 
 
-class EStargzDriver(LayerDriver):
+class EStargzDriver(PlainDriver):
     name = "estargz"
     version = "1"
+    tag_suffix = "-esgz"
 
     def __init__(self, options: Mapping[str, str]) -> None:
         super().__init__(options)
@@ -54,16 +57,14 @@ class EStargzDriver(LayerDriver):
         bool_option(options, "docker2oci")
         choice_option(options, "compression", ("estargz", "zstdchunked"), "estargz")
         level = options.get("compression_level")
-        backend = choice_option(
-            options, "compressor", ("libdeflate", "zlib-ng", "isal"), estargz.DEFAULT_BACKEND
-        )
+        backend = choice_option(options, "compressor", _COMPRESSORS, estargz.DEFAULT_BACKEND)
         self.build_options = estargz.BuildOptions(
             compression_level=int_option(options, "compression_level", 0) if level else None,
             chunk_size=int_option(options, "chunk_size", estargz.DEFAULT_CHUNK_SIZE, minimum=1),
             min_chunk_size=int_option(options, "min_chunk_size", 0),
             prioritized_files=list_option(options, "prioritized_files"),
             threads=int_option(options, "threads", 0),
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend,
         )
 
     def output_options(self) -> Mapping[str, Any]:
@@ -76,12 +77,12 @@ class EStargzDriver(LayerDriver):
             "compressor": o.backend,
         }
 
-    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:
+    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer[None]:
         with ctx.open_layer(layer) as blob:
             toc_digest = layer.annotations.get(estargz.TOC_DIGEST_ANNOTATION)
             if toc_digest and not self.build_options.prioritized_files and estargz.is_estargz(blob):
                 ctx.note(f"layer {layer.digest}: already eStargz, kept")
-                return ConvertedLayer(layer.replace(media_type=mt.to_oci(layer.media_type)), diff_id)
+                return ConvertedLayer(layer.replace(media_type=mt.to_oci(layer.media_type)), diff_id, None)
             blob.seek(0)
             options = self.build_options
             if options.tmpdir is None:
@@ -89,12 +90,12 @@ class EStargzDriver(LayerDriver):
             with ctx.new_blob() as sink:
                 result = estargz.build(blob, sink, options)  # type: ignore[arg-type]
                 digest, size = sink.commit()
-        ctx.advance("convert", result.uncompressed_size)
+        ctx.advance(result.uncompressed_size)
         if result.missed_prioritized:
             ctx.note(
                 f"layer {layer.digest}: prioritized files not found: {', '.join(result.missed_prioritized)}"
             )
         annotations = {**layer.annotations, **result.annotations}
         return ConvertedLayer(
-            Descriptor(mt.OCI_LAYER_GZIP, digest, size, annotations=annotations), result.diff_id
+            Descriptor(mt.OCI_LAYER_GZIP, digest, size, annotations=annotations), result.diff_id, None
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +28,10 @@ from accel.drivers.base import (
     Artifact,
     ConvertedImage,
     ConvertedLayer,
+    Driver,
     DriverContext,
-    LayerDriver,
+    ImageLayer,
+    ReadAt,
     SourceImage,
     bool_option,
     check_known_options,
@@ -75,9 +77,10 @@ class _LayerMeta:
     blob_id: str
 
 
-class NydusDriver(LayerDriver):
+class NydusDriver(Driver[_LayerMeta]):
     name = "nydus"
     version = "1"
+    tag_suffix = "-nydus"
 
     def __init__(self, options: Mapping[str, str]) -> None:
         super().__init__(options)
@@ -113,24 +116,23 @@ class NydusDriver(LayerDriver):
             "merge_manifest": self.merge_manifest,
         }
 
-    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:
+    def convert_layer(
+        self, layer: Descriptor, diff_id: str, ctx: DriverContext
+    ) -> ConvertedLayer[_LayerMeta]:
         with ctx.open_layer(layer) as raw, decompressed(raw) as tar, ctx.new_blob() as sink:
             build = nydus.build_layer(tar, sink, self.build_options)  # type: ignore[arg-type]
             digest, size = sink.commit()
-        ctx.advance("convert", build.uncompressed_size)
+        ctx.advance(build.uncompressed_size)
         descriptor = Descriptor(mt.NYDUS_BLOB, digest, size, annotations={keys.NYDUS_BLOB: "true"})
         # A nydus blob is stored uncompressed, so its diff_id is its own digest.
-        return ConvertedLayer(
-            descriptor, digest, extra=_LayerMeta(build.bootstrap, build.blob_meta, build.blob_id)
-        )
+        return ConvertedLayer(descriptor, digest, _LayerMeta(build.bootstrap, build.blob_meta, build.blob_id))
 
-    def encode_extra(self, extra: Any) -> bytes:
-        meta: _LayerMeta = extra
-        blob_id = meta.blob_id.encode()
-        header = struct.pack("<III", len(meta.bootstrap), len(meta.blob_meta), len(blob_id))
-        return header + meta.bootstrap + meta.blob_meta + blob_id
+    def encode_extra(self, extra: _LayerMeta) -> bytes:
+        blob_id = extra.blob_id.encode()
+        header = struct.pack("<III", len(extra.bootstrap), len(extra.blob_meta), len(blob_id))
+        return header + extra.bootstrap + extra.blob_meta + blob_id
 
-    def decode_extra(self, data: bytes) -> Any:
+    def decode_extra(self, data: bytes) -> _LayerMeta:
         boot, meta, blob_id = struct.unpack_from("<III", data)
         start = struct.calcsize("<III")
         view = memoryview(data)
@@ -140,21 +142,21 @@ class NydusDriver(LayerDriver):
             bytes(view[start + boot + meta : start + boot + meta + blob_id]).decode(),
         )
 
-    def recover_extra(self, descriptor: Descriptor, read_at: Callable[[int, int], bytes]) -> bytes:
+    def recover_extra(self, descriptor: Descriptor, read_at: ReadAt) -> _LayerMeta:
         bootstrap, blob_meta = read_layer_meta(read_at, descriptor.size)
-        return self.encode_extra(_LayerMeta(bootstrap, blob_meta, descriptor.digest.split(":", 1)[1]))
+        return _LayerMeta(bootstrap, blob_meta, descriptor.digest.split(":", 1)[1])
 
-    def extra_layers(
-        self, image: SourceImage, layers: list[ConvertedLayer], ctx: DriverContext
-    ) -> list[tuple[ConvertedLayer, dict[str, Any]]]:
-        metas: list[_LayerMeta] = [layer.extra for layer in layers]
+    def image_layers(
+        self, image: SourceImage, layers: Sequence[ConvertedLayer[_LayerMeta]], ctx: DriverContext
+    ) -> list[ImageLayer]:
         merged = nydus.merge(
-            [(m.bootstrap, m.blob_id) for m in metas], prefetch_patterns=self.build_options.prefetch_patterns
+            [(layer.extra.bootstrap, layer.extra.blob_id) for layer in layers],
+            prefetch_patterns=self.build_options.prefetch_patterns,
         )
         blob_metas = [
-            (layer.descriptor.digest.split(":", 1)[1], meta.blob_meta)
-            for layer, meta in zip(layers, metas, strict=True)
-            if meta.blob_meta
+            (layer.descriptor.digest.split(":", 1)[1], layer.extra.blob_meta)
+            for layer in layers
+            if layer.extra.blob_meta
         ]
         # Bootstraps are small (tens of MB for 100k files), so the bootstrap layer is built in memory.
         tar = nydus.bootstrap_layer_tar(merged, blob_metas)
@@ -167,10 +169,16 @@ class NydusDriver(LayerDriver):
             annotations={keys.NYDUS_BOOTSTRAP: "true", FS_VERSION: "6"},
         )
         diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
-        return [(ConvertedLayer(descriptor, diff_id), dict(BOOTSTRAP_HISTORY))]
+        return [ImageLayer(descriptor, diff_id, dict(BOOTSTRAP_HISTORY))]
 
-    def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
-        converted = super().convert(image, ctx)
+    def finish_image(
+        self,
+        image: SourceImage,
+        layers: Sequence[ConvertedLayer[_LayerMeta]],
+        appended: Sequence[ImageLayer],
+        ctx: DriverContext,
+    ) -> ConvertedImage:
+        converted = super().finish_image(image, layers, appended, ctx)
         if self.with_referrer:
             converted.manifest.subject = image.descriptor()
         if self.merge_manifest:

@@ -16,15 +16,20 @@ an image where no layer can be indexed fails (soci refuses empty indexes).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from accel import __version__
 from accel.drivers.base import (
     Artifact,
     ConvertedImage,
+    ConvertedLayer,
     Driver,
     DriverContext,
+    ImageLayer,
+    ReadAt,
     SourceImage,
     check_known_options,
     choice_option,
@@ -39,9 +44,20 @@ from accel.oci.manifest import Descriptor, Manifest
 _OPTIONS = ("index_version", "span_size", "min_layer_size", "build_tool_identifier")
 
 
-class SociDriver(Driver):
+@dataclass(frozen=True)
+class IndexedLayer:
+    """A layer's extra: the descriptor of its zTOC, or why the layer stays eager."""
+
+    ztoc: Descriptor | None
+    skipped: str = ""
+
+
+class SociDriver(Driver[IndexedLayer]):
     name = "soci"
     version = "1"
+    tag_suffix = "-soci"
+    # The layer is kept as it is and its zTOC is a second blob, which the layer cache cannot record.
+    caches_layers = False
 
     def __init__(self, options: Mapping[str, str]) -> None:
         super().__init__(options)
@@ -59,23 +75,44 @@ class SociDriver(Driver):
             "build_tool_identifier": self.build_tool,
         }
 
-    def convert(self, image: SourceImage, ctx: DriverContext) -> ConvertedImage:
-        plans = soci.plan_layers(
-            [layer.to_dict() for layer in image.manifest.layers], min_layer_size=self.min_layer_size
-        )
-        skipped: list[str] = []
-        for plan in plans:
-            if plan.skip_reason:
-                layer = image.manifest.layers[plan.index]
-                reason = plan.skip_reason
-                if layer.size < self.min_layer_size:
-                    # soci's words name its CLI flag; the user changes our option.
-                    reason += f" (driver option min_layer_size is {self.min_layer_size})"
-                skipped.append(f"layer {layer.digest}: not indexed: {reason} (pulled eagerly)")
-                ctx.note(skipped[-1])
-        wanted = [(image.manifest.layers[p.index], p.compression) for p in plans if p.compression]
-        ztocs = [z for z in ctx.map(lambda item: self._ztoc(*item, ctx, skipped), wanted) if z]
+    def convert_layer(
+        self, layer: Descriptor, diff_id: str, ctx: DriverContext
+    ) -> ConvertedLayer[IndexedLayer]:
+        (plan,) = soci.plan_layers([layer.to_dict()], min_layer_size=self.min_layer_size)
+        if plan.compression is None:
+            reason = plan.skip_reason or "cannot be indexed"
+            if layer.size < self.min_layer_size:
+                # soci's words name its CLI flag; the user changes our option.
+                reason += f" (driver option min_layer_size is {self.min_layer_size})"
+            indexed = IndexedLayer(None, f"layer {layer.digest}: not indexed: {reason} (pulled eagerly)")
+        else:
+            indexed = self._ztoc(layer, plan.compression, ctx)
+        if indexed.skipped:
+            ctx.note(indexed.skipped)
+        return ConvertedLayer(layer, diff_id, indexed)
+
+    def encode_extra(self, extra: IndexedLayer) -> bytes:
+        ztoc = extra.ztoc.to_dict() if extra.ztoc else None
+        return json.dumps({"ztoc": ztoc, "skipped": extra.skipped}).encode()
+
+    def decode_extra(self, data: bytes) -> IndexedLayer:
+        record = json.loads(data)
+        ztoc = Descriptor.from_dict(record["ztoc"]) if record["ztoc"] else None
+        return IndexedLayer(ztoc, record["skipped"])
+
+    def recover_extra(self, descriptor: Descriptor, read_at: ReadAt) -> IndexedLayer:
+        raise ConversionError("a SOCI layer's zTOC is not part of the layer blob and cannot be recovered")
+
+    def finish_image(
+        self,
+        image: SourceImage,
+        layers: Sequence[ConvertedLayer[IndexedLayer]],
+        appended: Sequence[ImageLayer],
+        ctx: DriverContext,
+    ) -> ConvertedImage:
+        ztocs = [layer.extra.ztoc for layer in layers if layer.extra.ztoc is not None]
         if not ztocs:
+            skipped = [layer.extra.skipped for layer in layers]
             raise ConversionError(
                 f"{image.reference}: no layer can be indexed (SOCI refuses an empty index): "
                 + "; ".join(skipped),
@@ -116,10 +153,7 @@ class SociDriver(Driver):
         )
         return ConvertedImage(manifest=enabled, artifacts=[Artifact(index, index_entry=entry)])
 
-    def _ztoc(
-        self, layer: Descriptor, kind: str, ctx: DriverContext, skipped: list[str]
-    ) -> Descriptor | None:
-        ctx.check_canceled()
+    def _ztoc(self, layer: Descriptor, kind: str, ctx: DriverContext) -> IndexedLayer:
         try:
             with ctx.open_layer(layer) as blob:
                 ztoc = soci.build_ztoc(
@@ -127,18 +161,15 @@ class SociDriver(Driver):
                 )
         except FormatError as exc:
             # Tar types soci cannot carry (sparse files, global PAX headers) leave the layer eager.
-            skipped.append(f"layer {layer.digest}: not indexed: {exc}")
-            ctx.note(skipped[-1])
-            return None
+            return IndexedLayer(None, f"layer {layer.digest}: not indexed: {exc}")
         data = ztoc.to_bytes()
         digest = ctx.put_blob(data)
-        ctx.advance("convert", ztoc.uncompressed_archive_size)
-        return Descriptor.from_dict(
-            soci.ztoc_descriptor(
-                digest,
-                len(data),
-                layer_digest=layer.digest,
-                layer_media_type=layer.media_type,
-                span_size=self.span_size,
-            )
+        ctx.advance(ztoc.uncompressed_archive_size)
+        descriptor = soci.ztoc_descriptor(
+            digest,
+            len(data),
+            layer_digest=layer.digest,
+            layer_media_type=layer.media_type,
+            span_size=self.span_size,
         )
+        return IndexedLayer(Descriptor.from_dict(descriptor))

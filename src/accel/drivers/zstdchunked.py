@@ -15,7 +15,7 @@ from typing import Any
 from accel.drivers.base import (
     ConvertedLayer,
     DriverContext,
-    LayerDriver,
+    PlainDriver,
     bool_option,
     check_known_options,
     choice_option,
@@ -36,17 +36,21 @@ _OPTIONS = (
     "prioritized_files",
     "docker2oci",
 )
+_FLAVOURS: tuple[zstdchunked.Flavour, ...] = ("storage", "stargz")
 
 
-class ZstdChunkedDriver(LayerDriver):
+class ZstdChunkedDriver(PlainDriver):
     name = "zstdchunked"
     version = "1"
+    tag_suffix = "-zstdchunked"
 
-    def __init__(self, options: Mapping[str, str], *, default_flavour: str = "storage") -> None:
+    def __init__(
+        self, options: Mapping[str, str], *, default_flavour: zstdchunked.Flavour = "storage"
+    ) -> None:
         super().__init__(options)
         check_known_options(options, _OPTIONS, self.name)
         bool_option(options, "docker2oci")
-        flavour = choice_option(options, "flavour", ("storage", "stargz"), default_flavour)
+        flavour = choice_option(options, "flavour", _FLAVOURS, default_flavour)
         prioritized = list_option(options, "prioritized_files")
         if prioritized and flavour != "stargz":
             raise ConfigError(
@@ -62,7 +66,7 @@ class ZstdChunkedDriver(LayerDriver):
                 f"(the average chunk size), got {size}"
             )
         self.build_options = zstdchunked.ZstdChunkedOptions(
-            flavour=flavour,  # type: ignore[arg-type]
+            flavour=flavour,
             level=int_option(options, "compression_level", 3) if level else None,
             chunk_size=size,
             threads=int_option(options, "threads", 0),
@@ -78,15 +82,15 @@ class ZstdChunkedDriver(LayerDriver):
             "prioritized_files": "|".join(o.prioritized_files),
         }
 
-    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:
+    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer[None]:
         options = self.build_options
         if options.tmpdir is None:
             options = replace(options, tmpdir=ctx.scratch_dir)
         with ctx.open_layer(layer) as blob, ctx.new_blob() as sink:
             result = zstdchunked.build(blob, sink, options)  # type: ignore[arg-type]
             digest, size = sink.commit()
-        ctx.advance("convert", result.uncompressed_size)
+        ctx.advance(result.uncompressed_size)
         annotations = {**layer.annotations, **result.annotations}
         return ConvertedLayer(
-            Descriptor(mt.OCI_LAYER_ZSTD, digest, size, annotations=annotations), result.diff_id
+            Descriptor(mt.OCI_LAYER_ZSTD, digest, size, annotations=annotations), result.diff_id, None
         )

@@ -1,9 +1,10 @@
 """The task engine: durable queue, bounded worker pool, dedup, retries, cancel and graceful shutdown.
 
 Every request only writes a PENDING record; worker threads (``converter.worker`` of them) claim tasks from
-the store and run inspect → convert. Duplicates are merged twice: at submit by reference string (a PENDING
-task for the same reference will resolve the tag later anyway), and after inspect by (source digest, driver
-key, target) — a task whose twin is already converting waits for it and then finds the target up to date.
+the store and run inspect → convert, converting exactly the digest inspect resolved (or the webhook named).
+Duplicates are merged twice: at submit by reference string and digest (a PENDING task that has no digest
+yet will resolve the tag later anyway), and after inspect by (source digest, driver key, target) — a task
+whose twin is already converting waits for it and then finds the target up to date.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Protocol
 
+from accel.converter.progress import ResolvedSource
 from accel.errors import AccelError, CanceledError
 from accel.metrics import Metrics
 from accel.tasks.model import Task, TaskNotFoundError, TaskStateError, TaskStatus, utcnow
@@ -31,6 +33,8 @@ _PURGE_EVERY = 60.0
 class Inspection(Protocol):
     @property
     def digest(self) -> str: ...
+    @property
+    def resolved(self) -> ResolvedSource: ...
     @property
     def target(self) -> str: ...
     @property
@@ -66,9 +70,13 @@ class ConverterLike(Protocol):
     @property
     def driver_name(self) -> str: ...
     def driver_key(self) -> str: ...
-    def inspect(self, source: str) -> Inspection: ...
+    def inspect(self, source: str, *, digest: str | None = None) -> Inspection: ...
     def convert(
-        self, source: str, *, target: str | None = None, cancel: threading.Event | None = None
+        self,
+        source: str | ResolvedSource,
+        *,
+        target: str | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result: ...
 
 
@@ -175,20 +183,28 @@ class TaskEngine:
     # -- API ---------------------------------------------------------------------------------------------
 
     def submit(self, source: str, *, digest: str = "") -> Submitted:
-        """Queue a conversion of ``source``; ``digest`` is the pushed manifest digest if the caller knows it.
+        """Queue a conversion of ``source``; ``digest`` is the pushed manifest digest if the caller knows it,
+        and the task converts that digest even if the tag moves before it runs.
 
-        A PENDING task for the same reference absorbs the request (it has not resolved the tag yet). A
-        PROCESSING one does only when it already resolved exactly ``digest``; otherwise the push may be newer
-        than what it is converting, and a new task is queued so that no push is lost.
+        An active task for the same reference absorbs the request when it is pinned to exactly ``digest``,
+        or when it is PENDING with no digest yet (it will resolve the tag later). Otherwise the push may be
+        newer than what that task converts, and a new task is queued so that no push is lost.
         """
         with self._intake:
             task = next((t for t in self._unsaved.values() if t.source == source), None)
             merged = task is not None
             if task is None:
                 for active in self.store.find_active(source, self._driver_key):
-                    if active.status is TaskStatus.PENDING or (digest and active.source_digest == digest):
+                    # A task pinned to another digest converts that push, not this one.
+                    unpinned = active.status is TaskStatus.PENDING and not active.source_digest
+                    if unpinned or (digest and active.source_digest == digest):
                         return Submitted(active, merged=True)
-                task = Task(source=source, driver=self.converter.driver_name, driver_key=self._driver_key)
+                task = Task(
+                    source=source,
+                    driver=self.converter.driver_name,
+                    driver_key=self._driver_key,
+                    source_digest=digest,
+                )
                 self._unsaved[task.id] = task
                 self._batch.append(task)
             self._await_durable(task)
@@ -373,7 +389,9 @@ class TaskEngine:
                 self._cancel_requested.discard(task.id)
 
     def _run(self, task: Task, cancel: threading.Event) -> None:
-        inspection = self.converter.inspect(task.source)
+        # Pinned to the digest the webhook named (or an earlier attempt resolved): a tag moved since is
+        # another push, with a task of its own.
+        inspection = self.converter.inspect(task.source, digest=task.source_digest or None)
         if cancel.is_set():
             raise CanceledError("canceled")
         task.source_digest, task.target = inspection.digest, inspection.target
@@ -402,7 +420,7 @@ class TaskEngine:
             metrics.op_total.labels("convert").inc()
         begin = time.monotonic()
         try:
-            result = self.converter.convert(task.source, target=inspection.target, cancel=cancel)
+            result = self.converter.convert(inspection.resolved, target=inspection.target, cancel=cancel)
         except BaseException:
             if metrics is not None:
                 metrics.op_errors.labels("convert").inc()

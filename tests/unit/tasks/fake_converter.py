@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from accel.config import Config
-from accel.converter.progress import ConversionResult, SourceInspection
+from accel.converter.progress import ConversionResult, ResolvedSource, SourceInspection
 from accel.errors import AccelError, CanceledError
 
 
@@ -55,12 +55,12 @@ class FakeConverter:
     def digest(self, source: str) -> str:
         return self.digests.get(source) or digest_of(source)
 
-    def inspect(self, source: str) -> SourceInspection:
+    def inspect(self, source: str, *, digest: str | None = None) -> SourceInspection:
         with self.lock:
             self.inspections.append(source)
             if self.inspect_errors:
                 raise self.inspect_errors.pop(0)
-        digest = self.digest(source)
+        digest = digest or self.digest(source)
         target = source + self.suffix
         own = f"tag ends with {self.suffix}" if source.endswith(self.suffix) else None
         existing = digest if self.targets.get(target) == digest else None
@@ -70,13 +70,14 @@ class FakeConverter:
             media_type="application/vnd.oci.image.manifest.v1+json",
             is_index=False,
             target=target,
+            resolved=ResolvedSource(source, digest, "application/vnd.oci.image.manifest.v1+json", b"{}"),
             converted_by_us=own,
             existing_target_digest=existing,
         )
 
     def convert(
         self,
-        source: str,
+        source: str | ResolvedSource,
         *,
         target: str | None = None,
         progress: Any = None,
@@ -90,12 +91,16 @@ class FakeConverter:
         try:
             if error is not None:
                 raise error
-            return self._convert(source, target, cancel)
+            if isinstance(source, ResolvedSource):
+                return self._convert(source.reference, source.digest, target, cancel)
+            return self._convert(source, self.digest(source), target, cancel)
         finally:
             with self.lock:
                 self.active -= 1
 
-    def _convert(self, source: str, target: str | None, cancel: threading.Event | None) -> ConversionResult:
+    def _convert(
+        self, source: str, digest: str, target: str | None, cancel: threading.Event | None
+    ) -> ConversionResult:
         deadline = time.monotonic() + self.delay
         while (self.gate is not None and not self.gate.is_set()) or time.monotonic() < deadline:
             if cancel is not None and cancel.is_set():
@@ -103,7 +108,6 @@ class FakeConverter:
             time.sleep(0.01)
         if cancel is not None and cancel.is_set():
             raise CanceledError("canceled")
-        digest = self.digest(source)
         target = target or source + self.suffix
         with self.lock:
             self.conversions.append(source)

@@ -1,0 +1,111 @@
+"""The I/O a driver works through (``DriverContext``), as one conversion provides it.
+
+Source layers are pulled lazily, only when a driver reads them, into the content store under the
+conversion's lease, so garbage collection never removes what a running conversion uses. Blobs that the
+layer cache located elsewhere (``origins``) are pulled from there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+from accel.content import BlobWriter, ContentStore, Lease
+from accel.converter.progress import Counters
+from accel.converter.repositories import ImageRepository
+from accel.errors import CanceledError
+from accel.oci.manifest import Descriptor
+
+
+class ConversionIO:
+    """One conversion's blobs: pulls into the store, new blobs, cancellation, progress and notes.
+
+    ``for_layer`` gives a view with notes of its own, so that notes of layers converted in parallel are
+    reported in layer order.
+    """
+
+    def __init__(
+        self,
+        store: ContentStore,
+        lease: Lease,
+        source: ImageRepository,
+        origins: Mapping[str, ImageRepository],
+        counters: Counters,
+        cancel: threading.Event | None,
+        scratch: Path,
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.source = source
+        self.origins = origins
+        self.counters = counters
+        self.cancel = cancel
+        self._scratch = scratch
+        self.notes: list[str] = []
+        self._notes_lock = threading.Lock()
+
+    def for_layer(self) -> ConversionIO:
+        return ConversionIO(
+            self.store, self.lease, self.source, self.origins, self.counters, self.cancel, self._scratch
+        )
+
+    # ------------------------------------------------------------------ DriverContext
+
+    def open_layer(self, layer: Descriptor) -> BinaryIO:
+        self.ensure_local(layer)
+        return self.store.open(layer.digest)
+
+    def new_blob(self) -> BlobWriter:
+        return self.store.writer(lease=self.lease)
+
+    def put_blob(self, data: bytes) -> str:
+        return self.store.write_bytes(data, lease=self.lease)
+
+    def read_blob(self, digest: str) -> bytes:
+        if self.store.has(digest):
+            return self.store.read_bytes(digest)
+        data = self.source.read_blob(digest)
+        self.store.write_bytes(data, digest, lease=self.lease)
+        return data
+
+    def check_canceled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CanceledError("conversion canceled")
+
+    def advance(self, nbytes: int) -> None:
+        self.counters.advance("convert", nbytes)
+
+    def note(self, message: str) -> None:
+        with self._notes_lock:
+            self.notes.append(message)
+
+    @property
+    def scratch_dir(self) -> str:
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        return str(self._scratch)
+
+    # ------------------------------------------------------------------ pulling
+
+    def origin(self, digest: str) -> ImageRepository:
+        """Where a blob that is not in the store comes from."""
+        return self.origins.get(digest, self.source)
+
+    def ensure_local(self, blob: Descriptor) -> None:
+        """Make ``blob`` present in the content store (and leased), pulling it if needed."""
+        self.lease.add(blob.digest)
+        if self.store.has(blob.digest):
+            return
+        with self.store.fetch_lock(blob.digest):
+            if self.store.has(blob.digest):
+                return
+            self.check_canceled()
+            started = time.monotonic()
+            counter = self.counters.blob("pull", blob)
+            with self.store.writer(blob.digest, blob.size, lease=self.lease) as sink:
+                self.origin(blob.digest).fetch_blob(blob, sink, counter.advance)
+                sink.commit()
+            counter.done("pulled")
+            self.counters.add_time("pull", time.monotonic() - started)
