@@ -39,7 +39,7 @@ from accel.drivers.base import (
 )
 from accel.errors import ConfigError
 from accel.formats import nydus
-from accel.formats.compression import decompressed, gzip_compress
+from accel.formats.layercodec import decompressed, gzip_compress
 from accel.formats.nydus.tail import read_layer_meta
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.compress import decompress, digest_of
+from accel.formats.nydus.chunkcodec import decompress, digest_of
 from accel.formats.nydus.ondisk import (
     BlobMetaHeader,
     CiV1,

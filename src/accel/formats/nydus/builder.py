@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.compress import compress, digest_of
+from accel.formats.nydus.chunkcodec import compress, digest_of
 from accel.formats.nydus.ondisk import BlobEntry, BlobMetaHeader, CiV1, TocEntry, tar_header
 from accel.formats.nydus.tree import Chunk, Node, new_dir
 from accel.formats.nydus.writer import WriteOptions, makedev, write_bootstrap

@@ -19,7 +19,7 @@ import fastcrc
 import zstandard
 
 from accel.errors import FormatError
-from accel.formats.estargz.reader import BlobReader, VerifyResult, _BlobStream, as_blob
+from accel.formats.chunked import BlobReader, BlobStream, VerifyResult, as_blob
 from accel.formats.tar import TarReader
 from accel.formats.zstdchunked.frames import (
     SKIPPABLE_HEADER_SIZE,
@@ -252,7 +252,7 @@ def verify_storage(
         raise FormatError("tar-split digest does not match the TOC")
     by_name, chunks = _index(opened.entries)
     plain = zstandard.ZstdDecompressor().stream_reader(
-        io.BufferedReader(_BlobStream(opened.reader), _READ), read_across_frames=True
+        io.BufferedReader(BlobStream(opened.reader), _READ), read_across_frames=True
     )
     expects = [cast(BinaryIO, plain)] + ([original] if original is not None else [])
     stream = _Reassembled(_reassemble(opened, by_name, chunks), expects)

@@ -22,10 +22,14 @@ from typing import Any, BinaryIO, Final
 import fastcrc
 
 from accel.errors import FormatError
-from accel.formats.estargz.builder import BuildResult, default_threads
-from accel.formats.estargz.compress import make_compressor
-from accel.formats.estargz.layerinput import SpooledLayer
-from accel.formats.estargz.pipeline import MemberWriter
+from accel.formats.chunked import (
+    BuildResult,
+    Compressor,
+    MemberWriter,
+    SpooledLayer,
+    default_threads,
+    make_compressor,
+)
 from accel.formats.estargz.toc import TAR_TYPES
 from accel.formats.tar import TarEntry, check_safe
 from accel.formats.zstdchunked.frames import SKIPPABLE_HEADER_SIZE, StorageFooter, skippable_frame
@@ -288,7 +292,7 @@ def _resolve(
 
 def _write_trailer(
     writer: MemberWriter,
-    compressor: Any,
+    compressor: Compressor,
     toc: list[dict[str, Any]],
     tarsplit: TarSplitWriter,
     uncompressed_size: int,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO, cast
 
 from accel.errors import FormatError
-from accel.formats.compression import Compression, Prefixed, TeeStream, decompressed, sniff
+from accel.formats.layercodec import Compression, Prefixed, TeeStream, decompressed, sniff
 from accel.formats.tar import TarEntry, TarReader
 
 _READ = 32 << 10  # bytes per read while parsing an uncompressed file in place

@@ -1,4 +1,5 @@
-"""Layer compression: detect it by magic bytes, decompress as a stream, gzip small payloads.
+"""A layer's codec (the gzip or zstd wrapping of its tar): detect it by magic bytes, undo it as a stream,
+gzip small payloads.
 
 Every format reads layers that may be tar, tar+gzip or tar+zstd; this is the one place that knows how.
 Decompression errors surface as FormatError so the caller can name the layer.
