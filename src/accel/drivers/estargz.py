@@ -87,7 +87,7 @@ class EStargzDriver(LayerDriver):
             if options.tmpdir is None:
                 options = replace(options, tmpdir=ctx.scratch_dir)
             with ctx.new_blob() as sink:
-                result = estargz.build(blob, sink, options)  # type: ignore[arg-type]
+                result = estargz.build(blob, sink, options)
                 digest, size = sink.commit()
         ctx.advance("convert", result.uncompressed_size)
         if result.missed_prioritized:

@@ -115,7 +115,7 @@ class NydusDriver(LayerDriver):
 
     def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer:
         with ctx.open_layer(layer) as raw, decompressed(raw) as tar, ctx.new_blob() as sink:
-            build = nydus.build_layer(tar, sink, self.build_options)  # type: ignore[arg-type]
+            build = nydus.build_layer(tar, sink, self.build_options)
             digest, size = sink.commit()
         ctx.advance("convert", build.uncompressed_size)
         descriptor = Descriptor(mt.NYDUS_BLOB, digest, size, annotations={keys.NYDUS_BLOB: "true"})

@@ -15,10 +15,11 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Final
+from typing import Final
 
 from accel.formats.chunked.compressors import STRONG_EVERY, STRONG_WINDOW, Buffer, Compressor
 from accel.formats.chunked.spool import MappedTar
+from accel.formats.streams import ByteSink
 
 _BATCH_BYTES: Final = 2 << 20
 # Uncompressed bytes queued or being compressed; bounds memory (a batch larger than this still goes).
@@ -69,7 +70,7 @@ class MemberWriter:
 
     def __init__(
         self,
-        dst: BinaryIO,
+        dst: ByteSink,
         compressor: Compressor,
         threads: int,
         *,

@@ -31,6 +31,7 @@ from accel.formats.estargz.toc import (
     encode_toc,
     format_modtime,
 )
+from accel.formats.streams import ByteSink, RewindableSink
 from accel.formats.tar import TarEntry, check_safe, clean_path
 from accel.formats.tarwriter import END_OF_ARCHIVE, GoHeader, encode_header, padding
 
@@ -318,15 +319,17 @@ def _landmark_entry(name: str) -> TarEntry:
     )  # fmt: skip
 
 
-def _rewind_point(dst: BinaryIO) -> int | None:
-    """Where ``dst`` can be rewound to, if it can."""
+def _rewind_point(dst: ByteSink) -> tuple[RewindableSink, int] | None:
+    """``dst`` and where it can be rewound to, if it can."""
+    if not isinstance(dst, RewindableSink):
+        return None
     try:
-        return dst.tell() if dst.seekable() else None
+        return (dst, dst.tell()) if dst.seekable() else None
     except (AttributeError, OSError, ValueError):
         return None
 
 
-def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> BuildResult:
+def build(src: BinaryIO, dst: ByteSink, options: BuildOptions | None = None) -> BuildResult:
     """Convert the layer read from ``src`` to eStargz written to ``dst`` (gzip members, 51-byte footer).
 
     An uncompressed regular file is read in place through a memory map: it must not be truncated during
@@ -350,7 +353,7 @@ size that describe where they are (none for eStargz itself)."""
 
 def build_layout(
     src: BinaryIO,
-    dst: BinaryIO,
+    dst: ByteSink,
     opts: BuildOptions,
     *,
     compressor: Compressor,
@@ -380,8 +383,9 @@ def build_layout(
                     count = _write_streaming(layer, writer, toc, opts)
                 except _DuplicatePath:
                     writer.close()
-                    dst.seek(rewind)
-                    dst.truncate()
+                    sink, position = rewind
+                    sink.seek(position)
+                    sink.truncate()
                     writer = MemberWriter(dst, compressor, threads, source=layer.mapped())
                     toc = _TocBuilder()
                     count = _write_indexed(layer, writer, toc, opts, missed)

@@ -272,7 +272,7 @@ def _compare(entry: TOCEntry, tar: TarEntry, xattrs: dict[str, bytes]) -> None:
 def _check_stream(blob: Blob, by_name: dict[str, TOCEntry]) -> tuple[str, int, int]:
     stream_hash = hashlib.sha256()
     hashing = TeeStream(_plain_stream(blob), stream_hash.update, "blob")
-    reader = TarReader(hashing)  # type: ignore[arg-type]
+    reader = TarReader(hashing)
     count = 0
     saw_toc = False
     for tar in reader:

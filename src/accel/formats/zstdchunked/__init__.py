@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal
 
 from accel.formats.chunked import BuildResult
 from accel.formats.estargz import DEFAULT_CHUNK_SIZE, BuildOptions
+from accel.formats.streams import ByteSink
 from accel.formats.zstdchunked.reader import (
     StorageBlob,
     is_storage_zstdchunked,
@@ -61,7 +62,7 @@ class ZstdChunkedOptions:
     tmpdir: str | None = None
 
 
-def build(src: BinaryIO, dst: BinaryIO, options: ZstdChunkedOptions | None = None) -> BuildResult:
+def build(src: BinaryIO, dst: ByteSink, options: ZstdChunkedOptions | None = None) -> BuildResult:
     """Convert a layer (tar, tar+gzip or tar+zstd) to zstd:chunked of the chosen flavour."""
     opts = options or ZstdChunkedOptions()
     if opts.flavour == "stargz":

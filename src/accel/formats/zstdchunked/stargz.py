@@ -8,6 +8,7 @@ from typing import BinaryIO, Final
 
 from accel.formats.chunked import BuildResult, Compressor, MemberWriter, make_compressor
 from accel.formats.estargz import BuildOptions, build_layout
+from accel.formats.streams import ByteSink
 from accel.formats.zstdchunked.frames import SKIPPABLE_HEADER_SIZE, skippable_frame, stargz_footer
 
 MANIFEST_CHECKSUM_KEY: Final = "io.containers.zstd-chunked.manifest-checksum"
@@ -26,7 +27,7 @@ def _write_zstd_toc(writer: MemberWriter, compressor: Compressor, toc_json: byte
     }
 
 
-def build_stargz(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> BuildResult:
+def build_stargz(src: BinaryIO, dst: ByteSink, options: BuildOptions | None = None) -> BuildResult:
     """Convert a layer to stargz-snapshotter's zstd:chunked; ``compression_level`` is the zstd level."""
     opts = options or BuildOptions()
     compressor = make_compressor("zstd", opts.compression_level)

@@ -31,6 +31,7 @@ from accel.formats.chunked import (
     make_compressor,
 )
 from accel.formats.estargz.toc import TAR_TYPES
+from accel.formats.streams import ByteSink
 from accel.formats.tar import TarEntry, check_safe
 from accel.formats.zstdchunked.frames import SKIPPABLE_HEADER_SIZE, StorageFooter, skippable_frame
 from accel.formats.zstdchunked.rollsum import (
@@ -138,7 +139,7 @@ def _checked(entries: Iterable[TarEntry]) -> Iterator[TarEntry]:
         yield e
 
 
-def build_storage(src: BinaryIO, dst: BinaryIO, options: StorageOptions | None = None) -> BuildResult:
+def build_storage(src: BinaryIO, dst: ByteSink, options: StorageOptions | None = None) -> BuildResult:
     """Convert a layer to containers/storage zstd:chunked; the diff_id stays the original tar's."""
     opts = options or StorageOptions()
     bits = rollsum_bits(opts.chunk_size)

@@ -350,7 +350,7 @@ def test_a_duplicate_path_restarts_a_content_store_blob(tmp_path: Path) -> None:
     store = ContentStore(tmp_path)
     with store.writer() as sink:
         assert sink.seekable()
-        result = build(io.BytesIO(duplicate_layer()), sink, BuildOptions(chunk_size=CHUNK))  # type: ignore[arg-type]
+        result = build(io.BytesIO(duplicate_layer()), sink, BuildOptions(chunk_size=CHUNK))
         digest, size = sink.commit()
     blob = store.read_bytes(digest)
     assert (digest, size) == (result.digest, result.compressed_size)
