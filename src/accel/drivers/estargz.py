@@ -29,7 +29,7 @@ from accel.drivers.base import (
     list_option,
 )
 from accel.formats import estargz
-from accel.formats.estargz.compress import Backend
+from accel.formats.chunked import Backend
 from accel.oci import mediatypes as mt
 from accel.oci.manifest import Descriptor
 
@@ -88,7 +88,7 @@ class EStargzDriver(PlainDriver):
             if options.tmpdir is None:
                 options = replace(options, tmpdir=ctx.scratch_dir)
             with ctx.new_blob() as sink:
-                result = estargz.build(blob, sink, options)  # type: ignore[arg-type]
+                result = estargz.build(blob, sink, options)
                 digest, size = sink.commit()
         ctx.advance(result.uncompressed_size)
         if result.missed_prioritized:

@@ -41,7 +41,7 @@ from accel.drivers.base import (
 )
 from accel.errors import ConfigError
 from accel.formats import nydus
-from accel.formats.compression import decompressed, gzip_compress
+from accel.formats.layercodec import decompressed, gzip_compress
 from accel.formats.nydus.tail import read_layer_meta
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
@@ -120,7 +120,7 @@ class NydusDriver(Driver[_LayerMeta]):
         self, layer: Descriptor, diff_id: str, ctx: DriverContext
     ) -> ConvertedLayer[_LayerMeta]:
         with ctx.open_layer(layer) as raw, decompressed(raw) as tar, ctx.new_blob() as sink:
-            build = nydus.build_layer(tar, sink, self.build_options)  # type: ignore[arg-type]
+            build = nydus.build_layer(tar, sink, self.build_options)
             digest, size = sink.commit()
         ctx.advance(build.uncompressed_size)
         descriptor = Descriptor(mt.NYDUS_BLOB, digest, size, annotations={keys.NYDUS_BLOB: "true"})

@@ -37,9 +37,7 @@ from accel.drivers.base import (
 )
 from accel.errors import ConversionError, FormatError
 from accel.formats import soci
-from accel.oci import annotations as keys
-from accel.oci import mediatypes as mt
-from accel.oci.manifest import Descriptor, Manifest
+from accel.oci.manifest import Descriptor
 
 _OPTIONS = ("index_version", "span_size", "min_layer_size", "build_tool_identifier")
 
@@ -78,7 +76,7 @@ class SociDriver(Driver[IndexedLayer]):
     def convert_layer(
         self, layer: Descriptor, diff_id: str, ctx: DriverContext
     ) -> ConvertedLayer[IndexedLayer]:
-        (plan,) = soci.plan_layers([layer.to_dict()], min_layer_size=self.min_layer_size)
+        (plan,) = soci.plan_layers([layer], min_layer_size=self.min_layer_size)
         if plan.compression is None:
             reason = plan.skip_reason or "cannot be indexed"
             if layer.size < self.min_layer_size:
@@ -120,36 +118,18 @@ class SociDriver(Driver[IndexedLayer]):
             )
         ctx.put_blob(soci.EMPTY_CONFIG)
         if self.index_version == 1:
-            subject = image.descriptor()
-            body = soci.soci_index_manifest(
-                [z.to_dict() for z in ztocs],
-                version=1,
-                subject=subject.to_dict(),
-                build_tool_identifier=self.build_tool,
+            index = soci.soci_index_manifest(
+                ztocs, version=1, subject=image.descriptor(), build_tool_identifier=self.build_tool
             )
-            index = Manifest.from_json(body)
             return ConvertedImage(manifest=image.manifest, artifacts=[Artifact(index)], unchanged=True)
 
-        body = soci.soci_index_manifest(
-            [z.to_dict() for z in ztocs], version=2, build_tool_identifier=self.build_tool
+        index = soci.soci_index_manifest(ztocs, version=2, build_tool_identifier=self.build_tool)
+        # The converter's marks go on the rewritten manifest before its digest is taken.
+        enabled = soci.convert_manifest(
+            image.manifest, index.descriptor().digest, annotations=image.annotations
         )
-        index = Manifest.from_json(body)
-        index_digest = Descriptor.of(body, mt.OCI_MANIFEST).digest
-        source = image.manifest
-        # soci's Convert: OCI media types for the manifest and its config, layers as they are.
-        enabled = Manifest(
-            config=source.config.replace(media_type=mt.OCI_CONFIG),
-            layers=list(source.layers),
-            media_type=mt.OCI_MANIFEST,
-            annotations={**source.annotations, **image.annotations, keys.SOCI_INDEX_DIGEST: index_digest},
-        )
-        entry = Descriptor.from_dict(
-            soci.soci_index_descriptor(
-                body,
-                version=2,
-                platform=image.platform.to_dict() if image.platform else None,
-                image_manifest_digest=enabled.descriptor().digest,
-            )
+        entry = soci.soci_index_descriptor(
+            index, version=2, platform=image.platform, image_manifest_digest=enabled.descriptor().digest
         )
         return ConvertedImage(manifest=enabled, artifacts=[Artifact(index, index_entry=entry)])
 
@@ -172,4 +152,4 @@ class SociDriver(Driver[IndexedLayer]):
             layer_media_type=layer.media_type,
             span_size=self.span_size,
         )
-        return IndexedLayer(Descriptor.from_dict(descriptor))
+        return IndexedLayer(descriptor)

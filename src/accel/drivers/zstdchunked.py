@@ -87,7 +87,7 @@ class ZstdChunkedDriver(PlainDriver):
         if options.tmpdir is None:
             options = replace(options, tmpdir=ctx.scratch_dir)
         with ctx.open_layer(layer) as blob, ctx.new_blob() as sink:
-            result = zstdchunked.build(blob, sink, options)  # type: ignore[arg-type]
+            result = zstdchunked.build(blob, sink, options)
             digest, size = sink.commit()
         ctx.advance(result.uncompressed_size)
         annotations = {**layer.annotations, **result.annotations}

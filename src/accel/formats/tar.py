@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol, TypeGuard
 
 from accel.errors import FormatError
+from accel.formats.streams import ByteSource
 
 __all__ = ["BLOCK_SIZE", "TarEntry", "TarReader", "check_safe", "clean_path", "decode_name", "encode_name"]
 
@@ -405,7 +406,7 @@ class TarReader:
     return how many); unread content is then skipped through it instead of being read.
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: ByteSource) -> None:
         self._stream = stream
         self._buf = b""
         self._bpos = 0
@@ -917,14 +918,19 @@ def _sparse_map_0x1(pax: dict[bytes, bytes], who: str) -> list[tuple[int, int]]:
     return [(_go_parse_int(parts[i], who), _go_parse_int(parts[i + 1], who)) for i in range(0, len(parts), 2)]
 
 
-def _seekable(stream: BinaryIO) -> bool:
+class _SeekableSource(ByteSource, Protocol):
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+
+def _seekable(stream: ByteSource) -> TypeGuard[_SeekableSource]:
+    seekable = getattr(stream, "seekable", None)
     try:
-        return bool(stream.seekable())
+        return seekable is not None and bool(seekable())
     except (AttributeError, ValueError, OSError):
         return False
 
 
-def _readinto(stream: BinaryIO, view: memoryview) -> int:
+def _readinto(stream: ByteSource, view: memoryview) -> int:
     readinto = getattr(stream, "readinto", None)
     if readinto is not None:
         n = readinto(view)

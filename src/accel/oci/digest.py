@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from typing import BinaryIO, Final, cast
+from typing import TYPE_CHECKING, BinaryIO, Final, cast
 
 from accel.errors import DigestMismatchError, InvalidReferenceError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 _DIGEST_RE: Final = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 
@@ -83,7 +86,7 @@ class VerifyingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
         view = memoryview(buffer).cast("B")
         data = self._raw.read(len(view))
         n = len(data)

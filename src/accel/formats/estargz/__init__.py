@@ -8,30 +8,33 @@ Public API::
     verify(blob, toc_digest, full=True) -> VerifyResult     # Go VerifyTOC checks + every chunk + full stream
 
 ``blob`` is bytes, a binary file (read with pread) or any object with ``size`` and ``read_at(off, n)``.
-The driver puts ``BuildResult.annotations`` on the layer descriptor and ``BuildResult.diff_id`` into the
-config's ``rootfs.diff_ids``.
+The driver puts ``BuildResult.media_type`` and ``BuildResult.annotations`` on the layer descriptor and
+``BuildResult.diff_id`` into the config's ``rootfs.diff_ids``. The spool, member writer and compressors are
+:mod:`accel.formats.chunked`'s, shared with zstd:chunked; :func:`build_layout` is the eStargz layout with
+another compressor and TOC ending (zstd:chunked's stargz flavour).
 """
 
-from accel.formats.estargz.builder import (
-    DEFAULT_CHUNK_SIZE,
-    TOC_DIGEST_ANNOTATION,
-    UNCOMPRESSED_SIZE_ANNOTATION,
-    BuildOptions,
-    BuildResult,
-    build,
-)
-from accel.formats.estargz.compress import DEFAULT_BACKEND, libdeflate_available
-from accel.formats.estargz.footer import FOOTER_SIZE, encode_footer, parse_footer
-from accel.formats.estargz.reader import (
-    Blob,
+from accel.formats.chunked import (
+    DEFAULT_BACKEND,
     BlobReader,
+    BuildResult,
     BytesBlob,
     FileBlob,
     VerifyResult,
-    is_estargz,
-    open_blob,
-    verify,
+    libdeflate_available,
 )
+from accel.formats.estargz.builder import (
+    DEFAULT_CHUNK_SIZE,
+    MEDIA_TYPE,
+    TOC_DIGEST_ANNOTATION,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+    BuildOptions,
+    TocWriter,
+    build,
+    build_layout,
+)
+from accel.formats.estargz.footer import FOOTER_SIZE, encode_footer, parse_footer
+from accel.formats.estargz.reader import Blob, is_estargz, open_blob, verify
 from accel.formats.estargz.toc import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
@@ -40,8 +43,6 @@ from accel.formats.estargz.toc import (
     decode_toc,
     encode_toc,
 )
-
-MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -60,8 +61,10 @@ __all__ = [
     "BytesBlob",
     "FileBlob",
     "TOCEntry",
+    "TocWriter",
     "VerifyResult",
     "build",
+    "build_layout",
     "decode_toc",
     "encode_footer",
     "encode_toc",

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO, Final
 
 from accel.errors import FormatError
-from accel.formats.estargz.compress import DEFAULT_BACKEND, Backend, Compressor, make_compressor
+from accel.formats.chunked import (
+    DEFAULT_BACKEND,
+    Backend,
+    BuildResult,
+    Compressor,
+    MemberWriter,
+    SpooledLayer,
+    default_threads,
+    make_compressor,
+)
 from accel.formats.estargz.footer import encode_footer
-from accel.formats.estargz.layerinput import SpooledLayer
-from accel.formats.estargz.pipeline import MemberWriter
 from accel.formats.estargz.toc import (
     EMPTY_DIGEST,
     LANDMARK_CONTENTS,
@@ -25,12 +31,14 @@ from accel.formats.estargz.toc import (
     encode_toc,
     format_modtime,
 )
+from accel.formats.streams import ByteSink, RewindableSink
 from accel.formats.tar import TarEntry, check_safe, clean_path
 from accel.formats.tarwriter import END_OF_ARCHIVE, GoHeader, encode_header, padding
 
 DEFAULT_CHUNK_SIZE: Final = 4 << 20
 TOC_DIGEST_ANNOTATION: Final = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION: Final = "io.containers.estargz.uncompressed-size"
+MEDIA_TYPE: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,28 +59,6 @@ class BuildOptions:
     threads: int = 0
     backend: Backend = DEFAULT_BACKEND
     tmpdir: str | None = None
-
-
-@dataclass(slots=True)
-class BuildResult:
-    """What the driver needs to describe the new layer."""
-
-    toc_digest: str
-    diff_id: str
-    uncompressed_size: int
-    compressed_size: int
-    digest: str
-    media_type: str
-    annotations: dict[str, str] = field(default_factory=dict)
-    missed_prioritized: list[str] = field(default_factory=list)
-    entries: int = 0
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def pax_xattrs(entry: TarEntry) -> dict[str, bytes]:
@@ -333,15 +319,17 @@ def _landmark_entry(name: str) -> TarEntry:
     )  # fmt: skip
 
 
-def _rewind_point(dst: BinaryIO) -> int | None:
-    """Where ``dst`` can be rewound to, if it can."""
+def _rewind_point(dst: ByteSink) -> tuple[RewindableSink, int] | None:
+    """``dst`` and where it can be rewound to, if it can."""
+    if not isinstance(dst, RewindableSink):
+        return None
     try:
-        return dst.tell() if dst.seekable() else None
+        return (dst, dst.tell()) if dst.seekable() else None
     except (AttributeError, OSError, ValueError):
         return None
 
 
-def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> BuildResult:
+def build(src: BinaryIO, dst: ByteSink, options: BuildOptions | None = None) -> BuildResult:
     """Convert the layer read from ``src`` to eStargz written to ``dst`` (gzip members, 51-byte footer).
 
     An uncompressed regular file is read in place through a memory map: it must not be truncated during
@@ -352,15 +340,31 @@ def build(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> 
     if opts.backend == "zstd":
         raise FormatError("eStargz is gzip; use accel.formats.zstdchunked for zstd")
     compressor = make_compressor(opts.backend, opts.compression_level)
-    return _build(src, dst, opts, compressor, _write_gzip_toc)
+    return build_layout(
+        src, dst, opts, compressor=compressor, write_toc=_write_gzip_toc, media_type=MEDIA_TYPE
+    )
 
 
 TocWriter = Callable[[MemberWriter, Compressor, bytes], dict[str, str]]
+"""Ends a blob of the eStargz layout: given the writer (every member written), the compressor and the TOC
+JSON, writes the TOC and the footer and returns the annotations beyond the TOC digest and uncompressed
+size that describe where they are (none for eStargz itself)."""
 
 
-def _build(
-    src: BinaryIO, dst: BinaryIO, opts: BuildOptions, compressor: Compressor, write_toc: TocWriter
+def build_layout(
+    src: BinaryIO,
+    dst: ByteSink,
+    opts: BuildOptions,
+    *,
+    compressor: Compressor,
+    write_toc: TocWriter,
+    media_type: str,
 ) -> BuildResult:
+    """A blob of the eStargz layout (landmark, entries in TOC order, a member per chunk) with
+    ``compressor``'s members, ended by ``write_toc``; ``media_type`` is the layer's. :func:`build` is this
+    with gzip and eStargz's own TOC entry and footer; zstd:chunked's stargz flavour uses zstd frames and
+    skippable frames. ``opts.backend`` and ``opts.compression_level`` are not read (``compressor`` has
+    them)."""
     if opts.chunk_size <= 0:
         raise FormatError(f"chunk size must be positive, got {opts.chunk_size}")
     if opts.min_chunk_size < 0:
@@ -379,8 +383,9 @@ def _build(
                     count = _write_streaming(layer, writer, toc, opts)
                 except _DuplicatePath:
                     writer.close()
-                    dst.seek(rewind)
-                    dst.truncate()
+                    sink, position = rewind
+                    sink.seek(position)
+                    sink.truncate()
                     writer = MemberWriter(dst, compressor, threads, source=layer.mapped())
                     toc = _TocBuilder()
                     count = _write_indexed(layer, writer, toc, opts, missed)
@@ -397,7 +402,7 @@ def _build(
         uncompressed_size=writer.uncompressed,
         compressed_size=writer.written,
         digest="sha256:" + writer.blob_hash.hexdigest(),
-        media_type=extra.pop("__media_type__", "application/vnd.oci.image.layer.v1.tar+gzip"),
+        media_type=media_type,
         missed_prioritized=missed or [],
         entries=count,
     )

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, Protocol, cast
+from typing import BinaryIO, Literal, cast
 
 import zlib_ng.zlib_ng as _zng
 import zstandard
 
 from accel.errors import FormatError
-from accel.formats.compression import TeeStream
+from accel.formats.chunked import BlobReader, BlobStream, VerifyResult, as_blob
 from accel.formats.estargz.footer import FOOTER_SIZE, LEGACY_FOOTER_SIZE, parse_footer, parse_legacy_footer
 from accel.formats.estargz.toc import (
     ENTRY_TYPES,
@@ -32,6 +31,7 @@ from accel.formats.estargz.toc import (
     decode_toc,
     format_modtime,
 )
+from accel.formats.layercodec import TeeStream
 from accel.formats.tar import TarEntry, TarReader
 
 SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
@@ -40,51 +40,6 @@ STARGZ_ZSTD_FOOTER_SIZE = 40
 _READ = 1 << 20
 _ZNG_ERROR = cast("type[BaseException]", _zng.error)
 _LANDMARK_DIGEST = "sha256:" + hashlib.sha256(LANDMARK_CONTENTS).hexdigest()
-
-
-class BlobReader(Protocol):
-    """Random access to a blob."""
-
-    @property
-    def size(self) -> int: ...
-
-    def read_at(self, offset: int, n: int) -> bytes: ...
-
-
-class BytesBlob:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    def read_at(self, offset: int, n: int) -> bytes:
-        return self._data[offset : offset + n]
-
-
-class FileBlob:
-    """A blob in a file (``pread``, so it is safe to share between threads)."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self._file = file  # keeps the descriptor open
-        self._fd = file.fileno()
-        self._size = os.fstat(self._fd).st_size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def read_at(self, offset: int, n: int) -> bytes:
-        return os.pread(self._fd, n, offset)
-
-
-def as_blob(obj: BlobReader | bytes | BinaryIO) -> BlobReader:
-    if isinstance(obj, bytes | bytearray):
-        return BytesBlob(bytes(obj))
-    if hasattr(obj, "read_at"):
-        return cast(BlobReader, obj)
-    return FileBlob(obj)
 
 
 @dataclass(slots=True)
@@ -97,15 +52,6 @@ class Blob:
     toc_json: bytes
     toc_digest: str
     entries: list[TOCEntry]
-
-
-@dataclass(slots=True)
-class VerifyResult:
-    diff_id: str
-    uncompressed_size: int
-    chunks: int
-    chunk_bytes: int
-    entries: int
 
 
 def _gunzip_first_member(data: bytes) -> bytes:
@@ -293,23 +239,8 @@ def _check_chunks(blob: Blob) -> tuple[int, int]:
     return chunks, chunk_bytes
 
 
-class _BlobStream(io.RawIOBase):
-    def __init__(self, reader: BlobReader) -> None:
-        self._reader = reader
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._reader.read_at(self._pos, min(len(buf), self._reader.size - self._pos))
-        memoryview(buf).cast("B")[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
 def _plain_stream(blob: Blob) -> BinaryIO:
-    raw = io.BufferedReader(_BlobStream(blob.reader), _READ)
+    raw = io.BufferedReader(BlobStream(blob.reader), _READ)
     if blob.kind == "zstd":
         return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
     from zlib_ng import gzip_ng
@@ -341,7 +272,7 @@ def _compare(entry: TOCEntry, tar: TarEntry, xattrs: dict[str, bytes]) -> None:
 def _check_stream(blob: Blob, by_name: dict[str, TOCEntry]) -> tuple[str, int, int]:
     stream_hash = hashlib.sha256()
     hashing = TeeStream(_plain_stream(blob), stream_hash.update, "blob")
-    reader = TarReader(hashing)  # type: ignore[arg-type]
+    reader = TarReader(hashing)
     count = 0
     saw_toc = False
     for tar in reader:

@@ -1,4 +1,6 @@
-"""Reading a Nydus data blob (spec section 2): tar trailer, ToC, blob meta, chunk data, device image."""
+"""Reading a Nydus data blob: tar trailer, ToC, blob meta, chunk data, device image (as nydus writes them in
+``builder/src/core/blob.rs``, with the ToC of ``storage/src/meta/toc.rs`` and the blob meta of
+``storage/src/meta/mod.rs``)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from dataclasses import dataclass, field
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.compress import decompress, digest_of
+from accel.formats.nydus.chunkcodec import decompress, digest_of
 from accel.formats.nydus.ondisk import (
     BlobMetaHeader,
     CiV1,
@@ -216,7 +218,9 @@ def verify_chunk_digests(blob: BlobFile, compressor: str, digester: str) -> list
 
 
 def stripped_blob_id(blob: BlobFile) -> str:
-    """sha256 of the blob without the ``blob.digest`` payload (the standalone builder's blob id, spec 2.5)."""
+    """sha256 of the blob without the ``blob.digest`` payload: the id nydus-image gives a blob it builds on
+    its own (``BlobContext.blob_id``, "sha256(blob)", in nydus's ``builder/src/core/context.rs``), computed
+    before the digest section it then appends."""
     h = hashlib.sha256()
     dig = blob.section(c.ENTRY_DIGEST)
     if dig is None:
@@ -228,7 +232,8 @@ def stripped_blob_id(blob: BlobFile) -> str:
 
 
 def extract_via_toc(data: bytes, name: str) -> bytes:
-    """One ToC entry's uncompressed bytes, found the way consumers do (``seekFileByTOC``, spec 4).
+    """One ToC entry's uncompressed bytes, found the way consumers do (``seekFileByTOC`` in
+    nydus-snapshotter's ``pkg/converter/convert_unix.go``).
 
     The last 512 bytes must be the ``rafs.blob.toc`` tar header; ``image.blob`` is located at offset 0
     whatever its ToC offset says (older builders wrote its size there).

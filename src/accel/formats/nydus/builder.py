@@ -17,10 +17,11 @@ from typing import BinaryIO
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.compress import compress, digest_of
+from accel.formats.nydus.chunkcodec import compress, digest_of
 from accel.formats.nydus.ondisk import BlobEntry, BlobMetaHeader, CiV1, TocEntry, tar_header
 from accel.formats.nydus.tree import Chunk, Node, new_dir
 from accel.formats.nydus.writer import WriteOptions, makedev, write_bootstrap
+from accel.formats.streams import ByteSink
 from accel.formats.tar import TarEntry, TarReader, check_safe, clean_path, encode_name
 
 _SKIPPED = frozenset({"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"})
@@ -83,7 +84,7 @@ class LayerBuild:
 class _Out:
     """The output stream plus its running sha256 and position."""
 
-    def __init__(self, dst: BinaryIO) -> None:
+    def __init__(self, dst: ByteSink) -> None:
         self.dst = dst
         self.hash = hashlib.sha256()
         self.pos = 0
@@ -182,7 +183,7 @@ class _Chunker:
 
 
 def build_layer(
-    src: BinaryIO, dst: BinaryIO, options: Options | None = None, *, blob_id: str | None = None
+    src: BinaryIO, dst: ByteSink, options: Options | None = None, *, blob_id: str | None = None
 ) -> LayerBuild:
     """Convert the uncompressed tar ``src`` into a nydus blob written to ``dst``.
 

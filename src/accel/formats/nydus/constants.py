@@ -1,4 +1,5 @@
-"""Numeric constants of the RAFS v6 on-disk format (spec sections 1 and 2)."""
+"""Numeric constants of the RAFS v6 on-disk format (nydus's ``rafs/src/metadata/layout/v6.rs``) and of its
+data blobs (``storage/src/meta/mod.rs``, ``storage/src/meta/toc.rs``)."""
 
 from __future__ import annotations
 

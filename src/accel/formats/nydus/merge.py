@@ -1,4 +1,5 @@
-"""Merging per-layer bootstraps into the image bootstrap with OCI whiteouts (spec section 5)."""
+"""Merging per-layer bootstraps into the image bootstrap with OCI whiteouts (as nydus's
+``builder/src/merge.rs`` does)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def _apply_dir(lower: Node, upper: Node) -> None:
 
 
 def _walk_files(root: Node) -> list[Node]:
-    """Regular files in the layout walk order of spec 1.9 (per directory: files, then subdirectories)."""
+    """Regular files in the order the v6 layout walks the tree (per directory: files, then subdirectories)."""
     out: list[Node] = []
     stack = [root]
     while stack:

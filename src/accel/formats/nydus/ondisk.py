@@ -1,4 +1,5 @@
-"""Fixed-size RAFS v6 / blob structures: byte-exact decode and encode (spec 1.2-1.14, 2.2-2.3).
+"""Fixed-size RAFS v6 / blob structures: byte-exact decode and encode (the ``#[repr(C)]`` structs of nydus's
+``rafs/src/metadata/layout/v6.rs``, ``storage/src/meta/mod.rs`` and ``storage/src/meta/toc.rs``).
 
 Every ``decode`` keeps all fields, so ``encode(decode(b)) == b`` for valid input (reserved bytes are zero).
 """
@@ -631,7 +632,8 @@ class TocEntry:
 
 
 def tar_header(name: str, size: int) -> bytes:
-    """The 512-byte GNU header nydus writes after each blob section (``Header::new_gnu``, spec 2.3)."""
+    """The 512-byte GNU header nydus writes after each blob section (``ArtifactWriter::write_tar_header`` in
+    ``builder/src/core/context.rs``)."""
     raw_name = name.encode("utf-8")
     if len(raw_name) > 100 or not 0 <= size < 8**11:
         raise FormatError(f"blob section header not encodable: {name!r} size {size}")

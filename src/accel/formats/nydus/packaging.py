@@ -1,4 +1,5 @@
-"""The bootstrap layer: ``image/image.boot`` plus one ``image/<hex>.blob.meta`` per layer (spec section 4)."""
+"""The bootstrap layer: ``image/image.boot`` plus one ``image/<hex>.blob.meta`` per layer (nydus-snapshotter's
+``pkg/converter``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Decoding of RAFS v6 bootstraps (spec section 1) into plain records, with the reader checklist (1.16)."""
+"""Decoding of RAFS v6 bootstraps (nydus's ``rafs/src/metadata/layout/v6.rs``) into plain records, checking on
+the way what a reader must refuse (see :func:`read_bootstrap`)."""
 
 from __future__ import annotations
 
@@ -89,7 +90,11 @@ class Bootstrap:
 
 
 def read_bootstrap(data: bytes, *, check: bool = True) -> Bootstrap:
-    """Decode a RAFS v6 bootstrap; with ``check`` apply the reader checklist (spec 1.16) first."""
+    """Decode a RAFS v6 bootstrap; with ``check`` refuse what a reader must not mount: a size that is not
+    whole 4 KiB blocks; a superblock other than nydus writes (magic, zero checksum, block size, features,
+    exactly one compression and one hash flag, a power-of-two chunk size); tables outside the file; blob
+    and device entries with bad ids, indexes or algorithms; directories without a proper ``.`` and ``..``;
+    chunks on a device or block that does not exist."""
     data = bytes(data)
     if len(data) < c.BLOCK_SIZE:
         raise FormatError(f"bootstrap too small ({len(data)} bytes)", entry="superblock")

@@ -1,4 +1,5 @@
-"""Decoding of RAFS v5 bootstraps (spec section 6): read-only, for inspection and validation."""
+"""Decoding of RAFS v5 bootstraps (the layout of nydus's ``rafs/src/metadata/layout/v5.rs``): read-only, for
+inspection and validation."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.compress import decompress
+from accel.formats.nydus.chunkcodec import decompress
 from accel.formats.nydus.ondisk import TocEntry, decode_tar_header
 
 ReadAt = Callable[[int, int], bytes]

@@ -1,4 +1,6 @@
-"""Cross-checks between a bootstrap and its blobs (spec 1.16 and 9.1.3)."""
+"""Cross-checks between a bootstrap and its blobs: every chunk lies inside its blob; each blob's ``blob.meta``
+header agrees with its blob-table entry; every chunk-table entry names a chunk of that blob with the same
+offsets, sizes, compression flag and digest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Laying out and writing a RAFS v6 bootstrap from a ``Node`` tree (spec 1.1-1.15)."""
+"""Laying out and writing a RAFS v6 bootstrap from a ``Node`` tree, byte for byte as nydus does
+(``builder/src/core/v6.rs``, ``rafs/src/metadata/layout/v6.rs``)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def _round_up(n: int, a: int) -> int:
 
 
 class Layout:
-    """``BootstrapContext``: the write offset plus lists of partly used blocks (spec 1.9)."""
+    """``BootstrapContext`` of nydus's ``builder/src/core/context.rs``: the write offset plus lists of partly
+    used blocks."""
 
     def __init__(self, offset: int = c.BLOCK_SIZE) -> None:
         self.offset = offset

@@ -1,13 +1,17 @@
 """SOCI (Seekable OCI) format library: zTOCs, checkpoints, verification and index manifests.
 
-Knows nothing of registries: layer streams and descriptors in, bytes out. See /work/shared/specs/soci.md.
+Knows nothing of registries: layer streams and descriptors in, bytes and OCI documents out. What it writes
+follows soci-snapshotter's sources: ``ztoc/ztoc.go``, ``ztoc/toc_builder.go`` and
+``ztoc/compression/gzip_zinfo.go`` (zTOC, TOC, checkpoints), ``ztoc/fbs/ztoc.fbs`` (the flatbuffer),
+``soci/soci_index.go`` and ``soci/soci_convert.go`` (index manifests, the SOCI-enabled image).
 
 * :func:`build_ztoc` reads a gzip or uncompressed tar layer once (streaming) and returns a :class:`Ztoc`
   byte-identical to soci-snapshotter's ``ztoc`` package (with TZ=UTC): ``.to_bytes()``, ``.digest``,
   ``.size``.
 * :func:`read_ztoc` decodes one; :func:`verify_ztoc` checks a zTOC against its layer; :func:`extract` reads
   uncompressed bytes through the checkpoints.
-* :mod:`accel.formats.soci.index` builds the v1/v2 SOCI index manifests and the v2 SOCI-enabled image.
+* :mod:`accel.formats.soci.index` builds the v1/v2 SOCI index manifests and the v2 SOCI-enabled image as
+  :mod:`accel.oci.manifest` documents (``Descriptor``, ``Manifest``, ``Index``, ``Platform``).
 """
 
 from accel.formats.soci.builder import (

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
 from accel.errors import FormatError
 from accel.formats.soci.scan import GzipScanner, TarScanner
 from accel.formats.soci.toc import FileMetadata, metadata_from_entry
 from accel.formats.soci.zinfo import encode_tar_zinfo, tar_max_span_id
 from accel.formats.soci.ztoc import GZIP, UNCOMPRESSED, ZTOC_VERSION, Ztoc
+from accel.formats.streams import ByteSource
 from accel.formats.tar import TarReader
 
 DEFAULT_SPAN_SIZE = 1 << 22
@@ -17,7 +16,7 @@ DEFAULT_BUILD_TOOL_IDENTIFIER = "acceleration-service"
 
 
 def build_ztoc(
-    stream: BinaryIO,
+    stream: ByteSource,
     *,
     span_size: int = DEFAULT_SPAN_SIZE,
     compression: str = GZIP,
@@ -62,6 +61,6 @@ def build_ztoc(
 
 
 def _read_toc(stream: GzipScanner | TarScanner) -> tuple[list[FileMetadata], int]:
-    reader = TarReader(stream)  # type: ignore[arg-type]
+    reader = TarReader(stream)
     toc = [metadata_from_entry(entry) for entry in reader]
     return toc, reader.eof_offset

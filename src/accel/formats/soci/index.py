@@ -1,15 +1,14 @@
 """SOCI index manifests (v1 and v2), the v2 "SOCI-enabled image" rewrite and the referrers listing.
 
-Pure functions from descriptors to bytes; nothing here talks to a registry. JSON is written the way Go's
-``encoding/json`` writes the ``ocispec`` structs soci marshals (compact, struct field order, sorted map keys,
-``<``/``>``/``&`` escaped), so equal inputs give soci's digests.
+Pure functions on :mod:`accel.oci.manifest`'s typed documents; nothing here talks to a registry. Their
+``to_json()`` is what Go's ``encoding/json`` writes for the ``ocispec`` structs soci marshals (compact,
+struct field order, sorted map keys, ``<``/``>``/``&`` escaped), so equal inputs give soci's digests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from accel.errors import FormatError
 from accel.formats.soci.toc import FileMetadata
@@ -33,11 +32,6 @@ ANNOTATION_INDEX_DIGEST = "com.amazon.soci.index-digest"
 ANNOTATION_IMAGE_MANIFEST_DIGEST = "com.amazon.soci.image-manifest-digest"
 
 
-def descriptor(desc: Mapping[str, Any]) -> dict[str, Any]:
-    """An OCI descriptor as Go writes it (struct field order, sorted annotations, ordered platform)."""
-    return Descriptor.from_dict(dict(desc)).to_dict()
-
-
 def ztoc_descriptor(
     ztoc_digest: str,
     ztoc_size: int,
@@ -46,7 +40,7 @@ def ztoc_descriptor(
     layer_media_type: str,
     span_size: int,
     disable_xattrs: bool = False,
-) -> dict[str, Any]:
+) -> Descriptor:
     """The zTOC blob descriptor of an index's ``layers[]``."""
     annotations = {
         ANNOTATION_LAYER_DIGEST: layer_digest,
@@ -55,18 +49,16 @@ def ztoc_descriptor(
     }
     if disable_xattrs:
         annotations[ANNOTATION_DISABLE_XATTRS] = "true"
-    return descriptor(
-        {"mediaType": ZTOC_MEDIA_TYPE, "digest": ztoc_digest, "size": ztoc_size, "annotations": annotations}
-    )
+    return Descriptor(ZTOC_MEDIA_TYPE, ztoc_digest, ztoc_size, annotations=annotations)
 
 
 def soci_index_manifest(
-    blobs: Sequence[Mapping[str, Any]],
+    blobs: Sequence[Descriptor],
     *,
     version: int = 2,
-    subject: Mapping[str, Any] | None = None,
+    subject: Descriptor | None = None,
     build_tool_identifier: str | None = None,
-) -> bytes:
+) -> Manifest:
     """The SOCI index (an OCI image manifest). ``blobs``: zTOC descriptors in image layer order, then any
     prefetch descriptors. v1 needs ``subject`` (the platform image manifest's descriptor); v2 has none."""
     if not blobs:
@@ -81,60 +73,60 @@ def soci_index_manifest(
         config_type = INDEX_V2
     else:
         raise FormatError(f"unknown SOCI index version {version}")
-    manifest = Manifest(
+    return Manifest(
         config=Descriptor(config_type, EMPTY_CONFIG_DIGEST, len(EMPTY_CONFIG)),
-        layers=[Descriptor.from_dict(dict(b)) for b in blobs],
+        layers=list(blobs),
         media_type=mediatypes.OCI_MANIFEST,
-        subject=Descriptor.from_dict(dict(subject)) if subject is not None else None,
+        subject=subject,
         annotations={ANNOTATION_BUILD_TOOL: build_tool_identifier} if build_tool_identifier else {},
     )
-    return manifest.to_json()
 
 
 def soci_index_descriptor(
-    index: bytes,
+    index: Manifest,
     *,
     version: int = 2,
-    platform: Mapping[str, Any] | None = None,
+    platform: Platform | None = None,
     image_manifest_digest: str | None = None,
-) -> dict[str, Any]:
+) -> Descriptor:
     """Descriptor of a SOCI index: with ``artifactType``; the index's annotations for a v1 referrers
     listing, or the ``image-manifest-digest`` back-annotation and platform for a v2 OCI index entry."""
     if image_manifest_digest is not None:
         annotations = {ANNOTATION_IMAGE_MANIFEST_DIGEST: image_manifest_digest}
     else:
-        annotations = dict(Manifest.from_json(index).annotations)
-    return Descriptor.of(
-        index,
-        mediatypes.OCI_MANIFEST,
+        annotations = dict(index.annotations)
+    return index.descriptor(
         annotations=annotations,
-        platform=Platform.from_dict(platform) if platform is not None else None,
+        platform=platform,
         artifact_type=INDEX_V1 if version == 1 else INDEX_V2,
-    ).to_dict()
-
-
-def referrers_index(referrers: Sequence[Mapping[str, Any]]) -> bytes:
-    """The referrers API answer / ``sha256-<hex>`` fallback tag index listing these descriptors."""
-    return Index(manifests=[Descriptor.from_dict(dict(r)) for r in referrers]).to_json()
-
-
-def convert_manifest(manifest: bytes | Mapping[str, Any], soci_index_digest: str | None) -> bytes:
-    """soci ``Convert``'s rewrite of an image manifest: OCI media types, re-marshalled (unknown fields are
-    dropped), with ``com.amazon.soci.index-digest`` when this platform got a SOCI index."""
-    source = Manifest.from_json(manifest if isinstance(manifest, bytes | bytearray) else dict(manifest))
-    annotations = dict(source.annotations)
-    if soci_index_digest is not None:
-        annotations[ANNOTATION_INDEX_DIGEST] = soci_index_digest
-    converted = Manifest(
-        config=_known_fields(source.config).replace(media_type=mediatypes.OCI_CONFIG),
-        layers=[_known_fields(layer) for layer in source.layers],
-        media_type=mediatypes.OCI_MANIFEST,
-        schema_version=source.schema_version,
-        annotations=annotations,
-        subject=_known_fields(source.subject) if source.subject else None,
-        artifact_type=source.artifact_type,
     )
-    return converted.to_json()
+
+
+def referrers_index(referrers: Sequence[Descriptor]) -> Index:
+    """The referrers API answer / ``sha256-<hex>`` fallback tag index listing these descriptors."""
+    return Index(manifests=list(referrers))
+
+
+def convert_manifest(
+    manifest: Manifest, soci_index_digest: str | None, *, annotations: Mapping[str, str] | None = None
+) -> Manifest:
+    """soci ``Convert``'s rewrite of an image manifest (``annotateImages`` in soci-snapshotter's
+    ``soci/soci_convert.go``): OCI media types for the manifest and its config, re-marshalled as Go's
+    ``ocispec.Manifest`` (fields it does not model are dropped), with ``com.amazon.soci.index-digest``
+    when this platform got a SOCI index. ``annotations`` are added to the manifest's own (the converter's
+    marks)."""
+    merged = {**manifest.annotations, **(annotations or {})}
+    if soci_index_digest is not None:
+        merged[ANNOTATION_INDEX_DIGEST] = soci_index_digest
+    return Manifest(
+        config=_known_fields(manifest.config).replace(media_type=mediatypes.OCI_CONFIG),
+        layers=[_known_fields(layer) for layer in manifest.layers],
+        media_type=mediatypes.OCI_MANIFEST,
+        schema_version=manifest.schema_version,
+        annotations=merged,
+        subject=_known_fields(manifest.subject) if manifest.subject else None,
+        artifact_type=manifest.artifact_type,
+    )
 
 
 def _known_fields(desc: Descriptor) -> Descriptor:
@@ -143,27 +135,20 @@ def _known_fields(desc: Descriptor) -> Descriptor:
 
 
 def soci_enabled_index(
-    manifests: Sequence[tuple[bytes, Mapping[str, Any] | None]],
-    soci_indexes: Sequence[Mapping[str, Any]],
+    manifests: Sequence[tuple[Manifest, Platform | None]],
+    soci_indexes: Sequence[Descriptor],
     *,
     annotations: Mapping[str, str] | None = None,
-) -> bytes:
-    """The v2 "SOCI-enabled image": the converted manifests (bytes from :func:`convert_manifest` and their
+) -> Index:
+    """The v2 "SOCI-enabled image": the converted manifests (from :func:`convert_manifest`, with their
     platform), each listed with its own annotations, then the SOCI index descriptors
-    (:func:`soci_index_descriptor` with ``image_manifest_digest``)."""
-    entries = []
-    for body, platform in manifests:
-        parsed = Manifest.from_json(body)
-        entries.append(
-            Descriptor.of(
-                body,
-                mediatypes.OCI_MANIFEST,
-                annotations=dict(parsed.annotations),
-                platform=Platform.from_dict(platform) if platform is not None else None,
-            )
-        )
-    entries.extend(Descriptor.from_dict(dict(d)) for d in soci_indexes)
-    return Index(manifests=entries, annotations=dict(annotations or {})).to_json()
+    (:func:`soci_index_descriptor` with ``image_manifest_digest``), appended after all of them as soci's
+    ``addSociIndexes`` does."""
+    entries = [
+        manifest.descriptor(annotations=dict(manifest.annotations), platform=platform)
+        for manifest, platform in manifests
+    ]
+    return Index(manifests=[*entries, *soci_indexes], annotations=dict(annotations or {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,17 +156,17 @@ class LayerPlan:
     """What to do with one image layer: index it with ``compression``, or skip it for ``skip_reason``."""
 
     index: int
-    descriptor: Mapping[str, Any]
+    descriptor: Descriptor
     compression: str | None
     skip_reason: str | None
 
 
-def plan_layers(layers: Sequence[Mapping[str, Any]], *, min_layer_size: int = 10 << 20) -> list[LayerPlan]:
+def plan_layers(layers: Sequence[Descriptor], *, min_layer_size: int = 10 << 20) -> list[LayerPlan]:
     """soci's layer selection, in image layer order: layers under ``min_layer_size`` bytes are skipped
     first (``desc.Size < minLayerSize``), then those SOCI cannot index (zstd, non-tar media types)."""
     plans = []
     for i, desc in enumerate(layers):
-        size, media_type = int(desc.get("size", 0)), str(desc.get("mediaType", ""))
+        size, media_type = desc.size, desc.media_type
         kind = layer_compression(media_type)
         reason = None
         if size < min_layer_size:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from typing import BinaryIO
 
 from accel.errors import FormatError
 from accel.formats.soci import _zlib
 from accel.formats.soci.zinfo import BLOB_HEADER_SIZE, HEADER, POINT, WINSIZE
+from accel.formats.streams import ByteSource
 
 # soci reads 16 KiB at a time into a 32 KiB ring. Neither size changes where inflate(Z_BLOCK) stops at block
 # boundaries, and the last 32 KiB before any point are the same in a bigger ring, so we use bigger ones
@@ -46,7 +46,7 @@ class _Stream:
 class GzipScanner(_Stream):
     """Inflates a gzip layer (one or more members) on demand, recording checkpoints and span digests."""
 
-    def __init__(self, source: BinaryIO, span_size: int) -> None:
+    def __init__(self, source: ByteSource, span_size: int) -> None:
         if span_size <= 0:
             raise ValueError("span_size must be positive")
         self._src = source
@@ -263,7 +263,7 @@ class GzipScanner(_Stream):
 class TarScanner(_Stream):
     """Passes an uncompressed layer through, hashing the fixed-size spans of soci's ``TarZinfo``."""
 
-    def __init__(self, source: BinaryIO, span_size: int) -> None:
+    def __init__(self, source: ByteSource, span_size: int) -> None:
         if span_size <= 0:
             raise ValueError("span_size must be positive")
         self._src = source

@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from accel.errors import FormatError
 from accel.formats.soci.extract import inflate_from
@@ -29,6 +28,7 @@ from accel.formats.soci.ztoc import (
     read_ztoc,
     serializes_to,
 )
+from accel.formats.streams import ByteSource
 from accel.formats.tar import TarReader
 from accel.oci.digest import Digester
 
@@ -47,7 +47,7 @@ class VerifyReport:
 class _Hashing:
     """Passes a stream through while digesting it."""
 
-    def __init__(self, raw: BinaryIO, expected: str) -> None:
+    def __init__(self, raw: ByteSource, expected: str) -> None:
         self._raw = raw
         self.digester = Digester.for_digest(expected)
 
@@ -58,7 +58,7 @@ class _Hashing:
 
 
 def verify_ztoc(
-    ztoc: bytes | Ztoc, layer: BinaryIO, *, strict: bool = True, layer_digest: str | None = None
+    ztoc: bytes | Ztoc, layer: ByteSource, *, strict: bool = True, layer_digest: str | None = None
 ) -> VerifyReport:
     """Raise FormatError at the first problem; ``layer`` is read once, sequentially.
 
@@ -70,13 +70,13 @@ def verify_ztoc(
     if layer_digest is None:
         return _verify(ztoc, layer, strict)
     hashing = _Hashing(layer, layer_digest)
-    report = _verify(ztoc, hashing, strict)  # type: ignore[arg-type]
+    report = _verify(ztoc, hashing, strict)
     if hashing.digester.digest != layer_digest:
         raise FormatError(f"layer digest is {hashing.digester.digest}, expected {layer_digest}")
     return report
 
 
-def _verify(ztoc: bytes | Ztoc, layer: BinaryIO, strict: bool) -> VerifyReport:
+def _verify(ztoc: bytes | Ztoc, layer: ByteSource, strict: bool) -> VerifyReport:
     if isinstance(ztoc, Ztoc):
         check_toc_order(ztoc.toc)
         z = ztoc
@@ -120,12 +120,12 @@ def _compare_digests(z: Ztoc, got: list[str]) -> None:
             raise FormatError(f"span {i} digest mismatch: zTOC {want}, layer {have}")
 
 
-def _verify_tar(z: Ztoc, layer: BinaryIO) -> VerifyReport:
+def _verify_tar(z: Ztoc, layer: ByteSource) -> VerifyReport:
     info = decode_tar_zinfo(z.checkpoints)
     if z.max_span_id != info.max_span_id:
         raise FormatError(f"max_span_id {z.max_span_id} != {info.max_span_id} from the TarZinfo")
     scan = TarScanner(layer, info.span_size)
-    count = _check_toc(z, TarReader(scan))  # type: ignore[arg-type]
+    count = _check_toc(z, TarReader(scan))
     scan.drain()
     if not scan.size == info.size == z.compressed_archive_size:
         raise FormatError(
@@ -135,7 +135,7 @@ def _verify_tar(z: Ztoc, layer: BinaryIO) -> VerifyReport:
     return VerifyReport(count, len(z.span_digests), scan.size, z.uncompressed_archive_size)
 
 
-def _verify_gzip(z: Ztoc, layer: BinaryIO) -> VerifyReport:
+def _verify_gzip(z: Ztoc, layer: ByteSource) -> VerifyReport:
     info = decode_gzip_zinfo(z.checkpoints)
     points = info.checkpoints
     if z.max_span_id != len(points) - 1:
@@ -147,7 +147,7 @@ def _verify_gzip(z: Ztoc, layer: BinaryIO) -> VerifyReport:
         if cp.bits > 7 or cp.compressed <= 0:
             raise FormatError(f"invalid checkpoint at compressed offset {cp.compressed}")
     stream = _GzipVerifyStream(layer, points)
-    count = _check_toc(z, TarReader(stream))  # type: ignore[arg-type]
+    count = _check_toc(z, TarReader(stream))
     stream.drain()
     if stream.cpos != z.compressed_archive_size:
         raise FormatError(f"layer is {stream.cpos} bytes, the zTOC says {z.compressed_archive_size}")
@@ -158,7 +158,7 @@ def _verify_gzip(z: Ztoc, layer: BinaryIO) -> VerifyReport:
 class _GzipVerifyStream:
     """Sequential gunzip (Python's zlib) feeding the tar reader, with per-span digests and restart checks."""
 
-    def __init__(self, layer: BinaryIO, points: tuple[Checkpoint, ...]) -> None:
+    def __init__(self, layer: ByteSource, points: tuple[Checkpoint, ...]) -> None:
         self._layer = layer
         self._points = points
         n = len(points)

@@ -6,7 +6,10 @@
   ``io.github.containers.zstd-chunked.*``.
 * ``flavour="stargz"``: stargz-snapshotter's format (containerd): the eStargz layout in zstd frames, 40-byte
   footer, annotations ``io.containers.zstd-chunked.*`` plus ``containerd.io/snapshot/stargz/toc.digest``;
-  the diff_id changes. Read/verify it with :mod:`accel.formats.estargz`.
+  the diff_id changes. Read/verify it with :mod:`accel.formats.estargz`, whose layout it reuses
+  (:func:`accel.formats.estargz.build_layout`).
+
+Both write through :mod:`accel.formats.chunked` (spool, member writer, zstd compressor), as eStargz does.
 
 Public API::
 
@@ -20,7 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
-from accel.formats.estargz.builder import DEFAULT_CHUNK_SIZE, BuildOptions, BuildResult
+from accel.formats.chunked import BuildResult
+from accel.formats.estargz import DEFAULT_CHUNK_SIZE, BuildOptions
+from accel.formats.streams import ByteSink
 from accel.formats.zstdchunked.reader import (
     StorageBlob,
     is_storage_zstdchunked,
@@ -57,7 +62,7 @@ class ZstdChunkedOptions:
     tmpdir: str | None = None
 
 
-def build(src: BinaryIO, dst: BinaryIO, options: ZstdChunkedOptions | None = None) -> BuildResult:
+def build(src: BinaryIO, dst: ByteSink, options: ZstdChunkedOptions | None = None) -> BuildResult:
     """Convert a layer (tar, tar+gzip or tar+zstd) to zstd:chunked of the chosen flavour."""
     opts = options or ZstdChunkedOptions()
     if opts.flavour == "stargz":

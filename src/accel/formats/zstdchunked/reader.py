@@ -13,13 +13,13 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import fastcrc
 import zstandard
 
 from accel.errors import FormatError
-from accel.formats.estargz.reader import BlobReader, VerifyResult, _BlobStream, as_blob
+from accel.formats.chunked import BlobReader, BlobStream, VerifyResult, as_blob
 from accel.formats.tar import TarReader
 from accel.formats.zstdchunked.frames import (
     SKIPPABLE_HEADER_SIZE,
@@ -29,6 +29,9 @@ from accel.formats.zstdchunked.frames import (
 )
 from accel.formats.zstdchunked.storage import MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY, file_metadata
 from accel.formats.zstdchunked.tarsplit import FILE_TYPE, TarSplitEntry, parse_tarsplit
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 _Meta = dict[str, Any]
 _DATA_KEYS = ("digest", "offset", "endOffset", "chunkSize", "chunkOffset", "chunkDigest", "chunkType")
@@ -215,13 +218,14 @@ class _Reassembled(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buf: WriteableBuffer, /) -> int:
         while not self._buf:
             piece = next(self._pieces, None)
             if piece is None:
                 return 0
             self._buf = piece
-        n = min(len(buf), len(self._buf))
+        view = memoryview(buf).cast("B")
+        n = min(len(view), len(self._buf))
         data, self._buf = self._buf[:n], self._buf[n:]
         for expect in self._expects:
             other = expect.read(n)
@@ -229,7 +233,7 @@ class _Reassembled(io.RawIOBase):
                 raise FormatError(f"reassembled tar differs from the layer near byte {self.count}")
         self.hash.update(data)
         self.count += n
-        memoryview(buf).cast("B")[:n] = data
+        view[:n] = data
         return n
 
 
@@ -252,11 +256,11 @@ def verify_storage(
         raise FormatError("tar-split digest does not match the TOC")
     by_name, chunks = _index(opened.entries)
     plain = zstandard.ZstdDecompressor().stream_reader(
-        io.BufferedReader(_BlobStream(opened.reader), _READ), read_across_frames=True
+        io.BufferedReader(BlobStream(opened.reader), _READ), read_across_frames=True
     )
     expects = [cast(BinaryIO, plain)] + ([original] if original is not None else [])
     stream = _Reassembled(_reassemble(opened, by_name, chunks), expects)
-    reader = TarReader(stream)  # type: ignore[arg-type]
+    reader = TarReader(stream)
     seen = 0
     nchunks = chunk_bytes = 0
     for entry in reader:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 from typing import BinaryIO, Final
 
-from accel.formats.estargz.builder import BuildOptions, BuildResult, _build
-from accel.formats.estargz.compress import Compressor, make_compressor
-from accel.formats.estargz.pipeline import MemberWriter
+from accel.formats.chunked import BuildResult, Compressor, MemberWriter, make_compressor
+from accel.formats.estargz import BuildOptions, build_layout
+from accel.formats.streams import ByteSink
 from accel.formats.zstdchunked.frames import SKIPPABLE_HEADER_SIZE, skippable_frame, stargz_footer
 
 MANIFEST_CHECKSUM_KEY: Final = "io.containers.zstd-chunked.manifest-checksum"
@@ -24,11 +24,13 @@ def _write_zstd_toc(writer: MemberWriter, compressor: Compressor, toc_json: byte
     return {
         MANIFEST_CHECKSUM_KEY: "sha256:" + hashlib.sha256(compressed).hexdigest(),
         MANIFEST_POSITION_KEY: f"{toc_offset}:{len(compressed)}:{len(toc_json)}:1",
-        "__media_type__": MEDIA_TYPE,
     }
 
 
-def build_stargz(src: BinaryIO, dst: BinaryIO, options: BuildOptions | None = None) -> BuildResult:
+def build_stargz(src: BinaryIO, dst: ByteSink, options: BuildOptions | None = None) -> BuildResult:
     """Convert a layer to stargz-snapshotter's zstd:chunked; ``compression_level`` is the zstd level."""
     opts = options or BuildOptions()
-    return _build(src, dst, opts, make_compressor("zstd", opts.compression_level), _write_zstd_toc)
+    compressor = make_compressor("zstd", opts.compression_level)
+    return build_layout(
+        src, dst, opts, compressor=compressor, write_toc=_write_zstd_toc, media_type=MEDIA_TYPE
+    )

@@ -22,11 +22,16 @@ from typing import Any, BinaryIO, Final
 import fastcrc
 
 from accel.errors import FormatError
-from accel.formats.estargz.builder import BuildResult, default_threads
-from accel.formats.estargz.compress import make_compressor
-from accel.formats.estargz.layerinput import SpooledLayer
-from accel.formats.estargz.pipeline import MemberWriter
+from accel.formats.chunked import (
+    BuildResult,
+    Compressor,
+    MemberWriter,
+    SpooledLayer,
+    default_threads,
+    make_compressor,
+)
 from accel.formats.estargz.toc import TAR_TYPES
+from accel.formats.streams import ByteSink
 from accel.formats.tar import TarEntry, check_safe
 from accel.formats.zstdchunked.frames import SKIPPABLE_HEADER_SIZE, StorageFooter, skippable_frame
 from accel.formats.zstdchunked.rollsum import (
@@ -134,7 +139,7 @@ def _checked(entries: Iterable[TarEntry]) -> Iterator[TarEntry]:
         yield e
 
 
-def build_storage(src: BinaryIO, dst: BinaryIO, options: StorageOptions | None = None) -> BuildResult:
+def build_storage(src: BinaryIO, dst: ByteSink, options: StorageOptions | None = None) -> BuildResult:
     """Convert a layer to containers/storage zstd:chunked; the diff_id stays the original tar's."""
     opts = options or StorageOptions()
     bits = rollsum_bits(opts.chunk_size)
@@ -288,7 +293,7 @@ def _resolve(
 
 def _write_trailer(
     writer: MemberWriter,
-    compressor: Any,
+    compressor: Compressor,
     toc: list[dict[str, Any]],
     tarsplit: TarSplitWriter,
     uncompressed_size: int,

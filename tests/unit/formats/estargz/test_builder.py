@@ -13,6 +13,7 @@ import zstandard
 
 from accel.content import ContentStore
 from accel.errors import FormatError
+from accel.formats.chunked import Compressor, MemberWriter, make_compressor
 from accel.formats.estargz import (
     DEFAULT_BACKEND,
     NO_PREFETCH_LANDMARK,
@@ -23,11 +24,11 @@ from accel.formats.estargz import (
     BuildResult,
     TOCEntry,
     build,
+    build_layout,
     libdeflate_available,
     open_blob,
     verify,
 )
-from accel.formats.estargz.compress import make_compressor
 from accel.formats.estargz.footer import parse_footer
 from tests.support.layers import (
     BINARY_XATTR,
@@ -80,6 +81,37 @@ def test_result_describes_the_blob() -> None:
     assert result.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"
     checked = verify(blob, result.toc_digest)
     assert (checked.diff_id, checked.uncompressed_size) == (result.diff_id, result.uncompressed_size)
+
+
+def test_layout_entry_point_takes_the_compressor_toc_ending_and_media_type() -> None:
+    """What a sibling format (zstd:chunked's stargz flavour) builds on: the media type is the caller's
+    typed argument, and only the TOC writer's own annotations join the eStargz ones."""
+    seen: list[bytes] = []
+
+    def write_toc(writer: MemberWriter, compressor: Compressor, toc_json: bytes) -> dict[str, str]:
+        seen.append(toc_json)
+        writer.write_raw(compressor.compress([toc_json]))
+        return {"example.toc-size": str(len(toc_json))}
+
+    out = io.BytesIO()
+    opts = BuildOptions(chunk_size=CHUNK)
+    result = build_layout(
+        io.BytesIO(small_layer()),
+        out,
+        opts,
+        compressor=make_compressor("isal"),
+        write_toc=write_toc,
+        media_type="application/example",
+    )
+    assert result.media_type == "application/example"
+    assert result.annotations == {
+        TOC_DIGEST_ANNOTATION: "sha256:" + hashlib.sha256(seen[0]).hexdigest(),
+        UNCOMPRESSED_SIZE_ANNOTATION: str(result.uncompressed_size),
+        "example.toc-size": str(len(seen[0])),
+    }
+    blob = out.getvalue()
+    assert gzip.decompress(blob).endswith(seen[0])  # the members, then the TOC member it wrote
+    assert result.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
 def test_layout_landmark_first_toc_last_footer_points_at_toc_member() -> None:
@@ -318,7 +350,7 @@ def test_a_duplicate_path_restarts_a_content_store_blob(tmp_path: Path) -> None:
     store = ContentStore(tmp_path)
     with store.writer() as sink:
         assert sink.seekable()
-        result = build(io.BytesIO(duplicate_layer()), sink, BuildOptions(chunk_size=CHUNK))  # type: ignore[arg-type]
+        result = build(io.BytesIO(duplicate_layer()), sink, BuildOptions(chunk_size=CHUNK))
         digest, size = sink.commit()
     blob = store.read_bytes(digest)
     assert (digest, size) == (result.digest, result.compressed_size)

@@ -23,13 +23,15 @@ from accel.formats.soci import (
     ztoc_descriptor,
 )
 from accel.oci.digest import of_bytes
+from accel.oci.manifest import Descriptor, Manifest
 from accel.oci.manifest import encode_json as go_json
+from accel.oci.platform import Platform
 
 from .conftest import DATA, SPAN, TOOL
 
 EXAMPLES = DATA / "index-examples"
 DIGESTS: dict[str, dict[str, Any]] = json.loads((EXAMPLES / "DIGESTS.json").read_text())
-PLATFORM = {"architecture": "amd64", "os": "linux"}
+PLATFORM = Platform("linux", "amd64")
 
 
 def _example(name: str) -> bytes:
@@ -38,7 +40,7 @@ def _example(name: str) -> bytes:
     return data
 
 
-def _ztoc_desc() -> dict[str, Any]:
+def _ztoc_desc() -> Descriptor:
     manifest = json.loads(_example("image-manifest.json"))
     layer = manifest["layers"][1]  # the small first layer is skipped (under the minimum size)
     ztoc = (DATA / "ztoc" / f"layer-pax.span{SPAN}.ztoc").read_bytes()
@@ -51,13 +53,9 @@ def _ztoc_desc() -> dict[str, Any]:
     )
 
 
-def _subject() -> dict[str, Any]:
+def _subject() -> Descriptor:
     manifest = _example("image-manifest.json")
-    return {
-        "mediaType": json.loads(manifest)["mediaType"],
-        "digest": of_bytes(manifest),
-        "size": len(manifest),
-    }
+    return Descriptor(json.loads(manifest)["mediaType"], of_bytes(manifest), len(manifest))
 
 
 def test_empty_config() -> None:
@@ -66,25 +64,26 @@ def test_empty_config() -> None:
 
 def test_v1_index_and_referrers_listing() -> None:
     index = soci_index_manifest([_ztoc_desc()], version=1, subject=_subject(), build_tool_identifier=TOOL)
-    assert index == _example("soci-index-v1.json")
+    assert index.to_json() == _example("soci-index-v1.json")
     listing = referrers_index([soci_index_descriptor(index, version=1)])
-    assert listing == _example("referrers-response-or-fallback-tag-index.json")
+    assert listing.to_json() == _example("referrers-response-or-fallback-tag-index.json")
 
 
 def test_v2_index_and_soci_enabled_image() -> None:
     index = soci_index_manifest([_ztoc_desc()], version=2, build_tool_identifier=TOOL)
-    assert index == _example("soci-index-v2.json")
-    manifest = convert_manifest(_example("image-manifest.json"), of_bytes(index))
-    assert manifest == _example("image-manifest-soci-v2.json")
+    assert index.to_json() == _example("soci-index-v2.json")
+    source = Manifest.from_json(_example("image-manifest.json"))
+    manifest = convert_manifest(source, of_bytes(index.to_json()))
+    assert manifest.to_json() == _example("image-manifest-soci-v2.json")
     image = soci_enabled_index(
         [(manifest, PLATFORM)],
         [
             soci_index_descriptor(
-                index, version=2, platform=PLATFORM, image_manifest_digest=of_bytes(manifest)
+                index, version=2, platform=PLATFORM, image_manifest_digest=of_bytes(manifest.to_json())
             )
         ],
     )
-    assert image == _example("oci-index-soci-v2.json")
+    assert image.to_json() == _example("oci-index-soci-v2.json")
 
 
 def test_convert_docker_manifest_drops_unknown_fields() -> None:
@@ -105,7 +104,7 @@ def test_convert_docker_manifest_drops_unknown_fields() -> None:
         ],
         "unknown": "dropped",
     }
-    out = json.loads(convert_manifest(go_json(docker), None))
+    out = json.loads(convert_manifest(Manifest.from_json(go_json(docker)), None).to_json())
     assert out["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert out["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
     assert out["layers"][0]["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -121,8 +120,8 @@ def test_disable_xattrs_annotation() -> None:
         span_size=1,
         disable_xattrs=True,
     )
-    assert desc["annotations"]["com.amazon.soci.disable-xattrs"] == "true"
-    assert list(desc) == ["mediaType", "digest", "size", "annotations"]
+    assert desc.annotations["com.amazon.soci.disable-xattrs"] == "true"
+    assert list(desc.to_dict()) == ["mediaType", "digest", "size", "annotations"]
 
 
 def test_index_errors() -> None:
@@ -175,7 +174,7 @@ def test_plan_layers() -> None:
             "size": 11 << 20,
         },
     ]
-    plans = plan_layers(layers)
+    plans = plan_layers([Descriptor.from_dict(layer) for layer in layers])
     assert [(p.index, p.compression) for p in plans] == [
         (0, None),
         (1, "gzip"),
@@ -184,7 +183,7 @@ def test_plan_layers() -> None:
     ]
     assert plans[0].skip_reason is not None and "min-layer-size" in plans[0].skip_reason
     assert plans[2].skip_reason is not None and "zstd" in plans[2].skip_reason
-    assert plan_layers(layers, min_layer_size=0)[0].compression == "gzip"
+    assert plan_layers([Descriptor.from_dict(layers[0])], min_layer_size=0)[0].compression == "gzip"
 
 
 def test_should_disable_xattrs() -> None:

@@ -48,8 +48,22 @@ class Compressor(Protocol):
     def mixes_levels(self) -> bool: ...
 
 
+class _Deflater(Protocol):
+    def compress(self, data: Buffer, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _DeflateModule(Protocol):
+    """What a zlib-compatible module (zlib-ng's, isal's) gives us: ``compressobj(level, method, wbits)``."""
+
+    def compressobj(self, level: int, method: int, wbits: int, /) -> _Deflater: ...
+
+
 class _GzipCompressor:
-    def __init__(self, name: str, module: object, level: int, strong_level: int | None = None) -> None:
+    def __init__(
+        self, name: str, module: _DeflateModule, level: int, strong_level: int | None = None
+    ) -> None:
         self.name = name
         self.level = level
         self.strong_level = strong_level
@@ -61,7 +75,7 @@ class _GzipCompressor:
 
     def compress(self, parts: Sequence[Buffer], strong: bool = False) -> bytes:
         level = self.strong_level if strong and self.strong_level is not None else self.level
-        obj = self._module.compressobj(level, 8, 31)  # type: ignore[attr-defined]
+        obj = self._module.compressobj(level, 8, 31)
         out = [obj.compress(p) for p in parts]
         out.append(obj.flush())
         return b"".join(out)

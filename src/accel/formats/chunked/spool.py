@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, BinaryIO, cast
 
 from accel.errors import FormatError
-from accel.formats.compression import Compression, Prefixed, TeeStream, decompressed, sniff
+from accel.formats.layercodec import Compression, Prefixed, TeeStream, decompressed, sniff
 from accel.formats.tar import TarEntry, TarReader
 
 _READ = 32 << 10  # bytes per read while parsing an uncompressed file in place
@@ -139,7 +139,7 @@ class SpooledLayer:
         self.size = 0
         if direct is not None and self.compression == "none":
             self._fd, self._base, self.size = direct
-            self._reader = TarReader(_Window(self._fd, self._base, self.size))  # type: ignore[arg-type]
+            self._reader = TarReader(_Window(self._fd, self._base, self.size))
             return
         if direct is not None:
             src.seek(4, io.SEEK_CUR)
@@ -147,7 +147,7 @@ class SpooledLayer:
         self._fd, self._base = self._file.fileno(), 0
         raw = cast(BinaryIO, io.BufferedReader(Prefixed(head, src), 1 << 20))
         self._tee = TeeStream(decompressed(raw, self.compression), self._file.write, "layer")
-        self._reader = TarReader(self._tee)  # type: ignore[arg-type]
+        self._reader = TarReader(self._tee)
         self._spooled = False
 
     def entries(self) -> Iterator[TarEntry]:
@@ -158,7 +158,7 @@ class SpooledLayer:
         """
         if self._parses:
             self.finish()
-            self._reader = TarReader(_Window(self._fd, self._base, self.size))  # type: ignore[arg-type]
+            self._reader = TarReader(_Window(self._fd, self._base, self.size))
         self._parses += 1
         last: str | None = None
         try:

@@ -11,19 +11,29 @@ calling thread only parses and queues, so on two cores it is never what the work
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Final
+from typing import Final
 
-from accel.formats.estargz.compress import STRONG_EVERY, STRONG_WINDOW, Buffer, Compressor
-from accel.formats.estargz.layerinput import MappedTar
+from accel.formats.chunked.compressors import STRONG_EVERY, STRONG_WINDOW, Buffer, Compressor
+from accel.formats.chunked.spool import MappedTar
+from accel.formats.streams import ByteSink
 
 _BATCH_BYTES: Final = 2 << 20
 # Uncompressed bytes queued or being compressed; bounds memory (a batch larger than this still goes).
 _INFLIGHT_BYTES: Final = 16 << 20
 # Ranges this close are released as one (the tar headers between files go with them): fewer syscalls.
 _SPAN_GAP: Final = 64 << 10
+
+
+def default_threads() -> int:
+    """Compression threads when the caller says 0: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class _Member:
@@ -60,7 +70,7 @@ class MemberWriter:
 
     def __init__(
         self,
-        dst: BinaryIO,
+        dst: ByteSink,
         compressor: Compressor,
         threads: int,
         *,
@@ -70,7 +80,7 @@ class MemberWriter:
         self._dst = dst
         self._compressor = compressor
         self._source = source
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="esgz") if threads > 1 else None
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="members") if threads > 1 else None
         self._queue: deque[_Queued] = deque()  # submitted and not yet written, oldest first
         self._inflight_bytes = 0
         self._changed = threading.Condition()  # guards the queue, the byte count, the error and closing
@@ -155,7 +165,7 @@ class MemberWriter:
             self._emit(batch, _compress_batch(self._compressor, batch), spans)
             return
         if self._emitter is None:
-            self._emitter = threading.Thread(target=self._emit_in_order, name="esgz-emit", daemon=True)
+            self._emitter = threading.Thread(target=self._emit_in_order, name="members-emit", daemon=True)
             self._emitter.start()
         fut = self._pool.submit(_compress_batch, self._compressor, batch)
         with self._changed:

@@ -1,4 +1,5 @@
-"""Chunk compression and digests as nydus does them (spec 2.1): one zstd frame / raw LZ4 block per chunk."""
+"""Chunk compression and digests as nydus does them (``utils/src/compress/mod.rs``, ``utils/src/digest.rs``):
+one zstd frame / raw LZ4 block per chunk."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Layer compression: detect it by magic bytes, decompress as a stream, gzip small payloads.
+"""A layer's codec (the gzip or zstd wrapping of its tar): detect it by magic bytes, undo it as a stream,
+gzip small payloads.
 
 Every format reads layers that may be tar, tar+gzip or tar+zstd; this is the one place that knows how.
 Decompression errors surface as FormatError so the caller can name the layer.
@@ -9,13 +10,16 @@ from __future__ import annotations
 import io
 import zlib
 from collections.abc import Callable
-from typing import IO, BinaryIO, Final, Literal, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, Final, Literal, cast
 
 import isal.isal_zlib as _isal
 import zlib_ng.zlib_ng as _zng
 import zstandard
 
 from accel.errors import FormatError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 Compression = Literal["none", "gzip", "zstd"]
 GZIP_MAGIC: Final = b"\x1f\x8b\x08"
@@ -52,7 +56,7 @@ class Prefixed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buf: WriteableBuffer, /) -> int:
         view = memoryview(buf).cast("B")
         if self._head:
             n = min(len(view), len(self._head))
@@ -88,9 +92,10 @@ class TeeStream(io.RawIOBase):
             self.count += len(data)
         return data
 
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buf))
-        memoryview(buf).cast("B")[: len(data)] = data
+    def readinto(self, buf: WriteableBuffer, /) -> int:
+        view = memoryview(buf).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
         return len(data)
 
 
@@ -109,7 +114,7 @@ class GunzipStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buf: WriteableBuffer, /) -> int:
         view = memoryview(buf).cast("B")
         while True:
             if not self._pending and not self._input_done:
@@ -147,7 +152,7 @@ class _ZstdStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buf: WriteableBuffer, /) -> int:
         try:
             return int(self._reader.readinto(buf))
         except zstandard.ZstdError as exc:

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from accel.errors import FormatError
-from accel.formats.estargz.compress import Buffer, make_compressor
-from accel.formats.estargz.pipeline import MemberWriter
+from accel.formats.chunked import Buffer, MemberWriter, make_compressor
 from tests.support.layers import payload
 
 CHUNK = 700_000  # a few members per batch, several batches in flight

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from accel.errors import FormatError
-from accel.formats.estargz.layerinput import MappedTar
+from accel.formats.chunked import MappedTar
 from tests.support.layers import payload
 
 
