@@ -73,8 +73,11 @@ class ConverterLike(Protocol):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded attempts with exponential backoff for transient errors."""
+class TaskRetryPolicy:
+    """How often a whole task is attempted again after a transient failure, with exponential backoff.
+
+    Not :class:`accel.registry.RetryPolicy`, which retries one registry call within an attempt.
+    """
 
     max_attempts: int = 5
     backoff_initial: float = 2.0
@@ -98,7 +101,7 @@ class TaskEngine:
         *,
         workers: int,
         metrics: Metrics | None = None,
-        retry: RetryPolicy | None = None,
+        retry: TaskRetryPolicy | None = None,
         retention: timedelta = timedelta(hours=24),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -106,7 +109,7 @@ class TaskEngine:
         self.converter = converter
         self.workers = max(1, workers)
         self.metrics = metrics
-        self.retry_policy = retry or RetryPolicy()
+        self.retry_policy = retry or TaskRetryPolicy()
         self.retention = retention
         self._clock = clock
         self._driver_key = converter.driver_key()

@@ -11,11 +11,11 @@ import pytest
 from accel.errors import InvalidReferenceError, TransientRegistryError
 from accel.metrics import Metrics
 from accel.tasks import (
-    RetryPolicy,
     SQLiteTaskStore,
     Task,
     TaskEngine,
     TaskNotFoundError,
+    TaskRetryPolicy,
     TaskStateError,
     TaskStatus,
 )
@@ -23,7 +23,7 @@ from accel.tasks.model import utcnow
 from tests.unit.tasks.fake_converter import FakeConverter, digest_of
 
 SRC = "reg.example/library/busybox:latest"
-FAST = RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)
+FAST = TaskRetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)
 
 
 def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
@@ -304,7 +304,7 @@ def test_retention_purges_old_tasks(make_engine: Callable[..., TaskEngine], tmp_
 
 
 def test_retry_delay_grows_and_is_capped() -> None:
-    policy = RetryPolicy(max_attempts=10, backoff_initial=1.0, backoff_max=5.0)
+    policy = TaskRetryPolicy(max_attempts=10, backoff_initial=1.0, backoff_max=5.0)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
