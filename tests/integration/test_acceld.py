@@ -109,7 +109,9 @@ class Acceld:
 
     def start(self, timeout: float = 30.0, **env: str) -> Acceld:
         self.config_file.write_text(yaml.safe_dump(self.config))
-        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **self.env, **env}
+        # src/ first: the daemon must run the tree under test, not whatever checkout the venv installed.
+        pythonpath = os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])
+        environment = {**os.environ, "PYTHONPATH": pythonpath, **self.env, **env}
         if self.fake:
             environment["ACCELD_CONVERTER_FACTORY"] = "tests.unit.tasks.fake_converter:factory"
         with self.log_file.open("ab") as log:
@@ -399,3 +401,107 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(make_acceld: Callable
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert "status=500" not in daemon.log_text()
+
+
+# Codes upstream's API answers with; a malformed request must get one of them, never ERR_INTERNAL.
+CLIENT_ERROR_CODES = {"ERR_ILLEGAL_PARAMETER", "ERR_UNAUTHORIZED", "ERR_UNSUPPORTED_MEDIA_TYPE"}
+_PUSH_TEXT = json.dumps(push_event(image(0)))
+
+
+def _hostile_bodies() -> dict[str, bytes]:
+    nest = 200_000  # 800 KB of brackets: under the 1 MiB limit, far past the JSON decoder's recursion
+    return {
+        "deep_list": b"[" * nest + b"]" * nest,
+        "deep_object": b'{"a":' * 150_000 + b"1" + b"}" * 150_000,
+        "deep_in_a_field": _PUSH_TEXT[:-1].encode() + b', "x": ' + b"[" * 9000 + b"]" * 9000 + b"}",
+        "unclosed_nesting": b"[" * nest,
+        "huge_string_as_integer": _PUSH_TEXT.replace(
+            '"occur_at": ', '"occur_at": "' + "\\u0041" * 150_000 + '", "x": '
+        ).encode(),
+        "huge_resource_url": b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": "'
+        + b"h" * 900_000
+        + b'"}]}}',
+        "huge_number": b'{"type": "PUSH_ARTIFACT", "occur_at": ' + b"9" * 100_000 + b"}",
+        "utf16_bom": _PUSH_TEXT.encode("utf-16"),
+        "utf16le_no_bom": _PUSH_TEXT.encode("utf-16-le"),
+        "utf16be_no_bom": _PUSH_TEXT.encode("utf-16-be"),
+        "utf32": _PUSH_TEXT.encode("utf-32"),
+        "utf8_bom": b"\xef\xbb\xbf" + _PUSH_TEXT.encode(),
+        "invalid_utf8": _PUSH_TEXT.replace("admin", "ad\xffmin").encode("latin-1"),
+        "overlong_utf8": _PUSH_TEXT.encode().replace(b"admin", b"ad\xc0\xafmin"),
+        "raw_nul": _PUSH_TEXT.encode().replace(b"admin", b"ad\x00min"),
+        "nul_only": b"\x00" * 1000,
+        "lone_high_surrogate": _PUSH_TEXT.replace("admin", "\\ud800").encode(),
+        "lone_low_surrogate_key": _PUSH_TEXT.replace('"operator"', '"\\udc00"').encode(),
+        "surrogate_in_resource_url": _PUSH_TEXT.replace(HOST, HOST + "\\udfff").encode(),
+    }
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/cloudevents+json"])
+def test_hostile_bodies_get_a_4xx_json_error(make_acceld: Callable[..., Acceld], content_type: str) -> None:
+    """Beyond schemathesis's defaults: deep nesting, huge strings and odd encodings, all malformed."""
+    daemon = make_acceld().start()
+    headers = {"Authorization": SECRET, "Content-Type": content_type}
+    with daemon.client() as client:
+        for name, body in _hostile_bodies().items():
+            assert len(body) < 1024 * 1024, name
+            response = client.post("/api/v1/conversions", content=body, headers=headers)
+            assert response.status_code == 400, (name, response.status_code, response.text[:300])
+            error = response.json()
+            assert set(error) == {"code", "message"} and error["code"] == "ERR_ILLEGAL_PARAMETER", name
+        assert client.get("/api/v1/health").status_code == 200
+    assert daemon.tasks() == []
+    assert "status=500" not in daemon.log_text() and "Logging error" not in daemon.log_text()
+
+
+def test_generated_hostile_requests_never_get_5xx(make_acceld: Callable[..., Acceld]) -> None:
+    """Hypothesis mixes a valid webhook with hostile parts and sends each result to the real daemon."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    daemon = make_acceld().start()
+    control = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.sampled_from("\x7f\u2028\ufeff\ud800")
+    texts = st.text(control | st.characters(), max_size=50) | st.builds(
+        lambda c, n: c * n, st.sampled_from('a\x00\x1b\\"é'), st.integers(1, 300_000)
+    )
+
+    def nested(depth: int, opener: str) -> str:
+        closer = {"[": "]", '{"k":': "}"}[opener]
+        return opener * depth + ("1" if opener != "[" else "") + closer * depth
+
+    values = (
+        texts.map(lambda t: json.dumps(t, ensure_ascii=True))
+        | st.builds(nested, st.integers(1, 150_000), st.sampled_from(["[", '{"k":']))
+        | st.sampled_from(["null", "true", "1e999999", "-0", "NaN", '"\\ud800"', '"\\u0000"', "9" * 5000])
+    )
+    fields = st.sampled_from(["type", "operator", "occur_at", "event_data", "resource_url", "tag", "digest"])
+    encodings = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32", "latin-1"])
+
+    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(field=fields, value=values, encoding=encodings, cut=st.integers(0, 40), ctype=st.booleans())
+    def check(field: str, value: str, encoding: str, cut: int, ctype: bool) -> None:
+        document = _PUSH_TEXT
+        if field in ("resource_url", "tag", "digest"):
+            key = f'"{field}": '
+            start = document.index(key) + len(key)
+            end = document.index('"', start + 1) + 1
+            document = document[:start] + value + document[end:]
+        else:
+            document = json.dumps({**json.loads(document), field: None})
+            document = document.replace(f'"{field}": null', f'"{field}": {value}')
+        body = document.encode(encoding, errors="surrogatepass")[: len(document) * 4 - cut]
+        if len(body) > 1024 * 1024:
+            return
+        headers = {"Authorization": SECRET}
+        if ctype:
+            headers["Content-Type"] = "application/json"
+        response = client.post("/api/v1/conversions", content=body, headers=headers)
+        assert response.status_code < 500, (field, value[:80], encoding, response.text[:300])
+        if response.status_code >= 400:
+            error = response.json()
+            assert set(error) == {"code", "message"} and error["code"] in CLIENT_ERROR_CODES
+
+    with daemon.client(timeout=30) as client:
+        check()
+        assert client.get("/api/v1/health").status_code == 200
+    assert "status=500" not in daemon.log_text() and "Logging error" not in daemon.log_text()
