@@ -505,3 +505,81 @@ def test_generated_hostile_requests_never_get_5xx(make_acceld: Callable[..., Acc
         check()
         assert client.get("/api/v1/health").status_code == 200
     assert "status=500" not in daemon.log_text() and "Logging error" not in daemon.log_text()
+
+
+def many_resources(sources: list[str]) -> dict[str, Any]:
+    payload = push_event(sources[0])
+    payload["event_data"]["resources"] = [
+        {"digest": digest_of(s), "tag": s.rsplit(":", 1)[1], "resource_url": s} for s in sources
+    ]
+    return payload
+
+
+def count_tasks(daemon: Acceld) -> int:
+    with sqlite3.connect(daemon.db) as db:
+        return int(db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+
+
+def test_large_webhook_answers_with_ids_and_redelivery_adds_no_task(
+    make_acceld: Callable[..., Acceld], capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon = make_acceld(FAKE_CONVERTER_DELAY="60")
+    daemon.grace = 0.3
+    daemon.start()
+    payload = many_resources([image(n) for n in range(1000)])
+    with daemon.client(timeout=30) as client:
+        begin = time.perf_counter()
+        first = client.post("/api/v1/conversions", json=payload, headers={"Authorization": SECRET})
+        elapsed_1000 = time.perf_counter() - begin
+        assert first.status_code == 200, first.text
+        ids = first.headers["x-accel-tasks"].split(",")
+        assert len(set(ids)) == 1000 and count_tasks(daemon) == 1000
+        until(lambda: any(t["status"] == "PROCESSING" for t in daemon.tasks()), 10, "a running task")
+        # Harbor redelivers the same event: queued and running sources absorb it.
+        again = client.post("/api/v1/conversions", json=payload, headers={"Authorization": SECRET})
+        assert again.status_code == 200 and again.headers["x-accel-tasks"].split(",") == ids
+        assert count_tasks(daemon) == 1000
+
+        # 5,000 resources at once: five such webhooks (the per-webhook limit is 1,000) concurrently.
+        def send(batch: int) -> tuple[int, int, float]:
+            sources = [image(n) for n in range(1000 * batch, 1000 * (batch + 1))]
+            start = time.perf_counter()
+            response = client.post(
+                "/api/v1/conversions", json=many_resources(sources), headers={"Authorization": SECRET}
+            )
+            ids = response.headers.get("x-accel-tasks", "").split(",")
+            return response.status_code, len(set(ids)), time.perf_counter() - start
+
+        begin = time.perf_counter()
+        with ThreadPoolExecutor(5) as pool:
+            results = list(pool.map(send, range(1, 6)))
+        elapsed_5000 = time.perf_counter() - begin
+    assert [(status, n) for status, n, _ in results] == [(200, 1000)] * 5
+    assert count_tasks(daemon) == 6000
+    with capsys.disabled():
+        print(
+            f"\n1,000-resource webhook answered in {elapsed_1000:.2f} s; 5 x 1,000 concurrently in "
+            f"{elapsed_5000:.2f} s (slowest answer {max(r[2] for r in results):.2f} s)"
+        )
+    assert elapsed_1000 < 3.0 and max(r[2] for r in results) < 3.0
+
+
+def test_stalled_store_answers_503_and_saves_nothing(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    blocker = sqlite3.connect(daemon.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the daemon's commit waits behind it
+    try:
+        begin = time.perf_counter()
+        stalled = daemon.webhook(push_event(image(0)))
+        assert time.perf_counter() - begin < 3.0
+        assert stalled.status_code == 503 and stalled.json()["code"] == "ERR_UNAVAILABLE"
+        assert "x-accel-tasks" not in stalled.headers
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    until(lambda: "tasks withdrawn before commit" in daemon.log_text(), 30, "the withdrawn write")
+    assert count_tasks(daemon) == 0  # the answer said "retry": nothing was saved
+    retried = daemon.webhook(push_event(image(0)))
+    assert retried.status_code == 200
+    [task] = daemon.wait_all_final(1)
+    assert task["id"] == retried.headers["x-accel-tasks"] and daemon.conversions == [image(0)]

@@ -37,7 +37,7 @@ from accel.server.payload import (
     parse_event,
     parse_reference,
 )
-from accel.tasks import Task, TaskEngine, TaskStatus
+from accel.tasks import Intake, Task, TaskEngine, TaskStatus, TaskStoreUnavailableError
 
 log = logging.getLogger("accel.server")
 
@@ -223,14 +223,24 @@ async def create_conversions(request: Request, services: _Services, sync: bool =
         ref = parse_reference(resource.resource_url)
         auth.check_webhook_host(config, header, ref.host)
         checked.append((resource, ref))
-    try:
-        # Harbor gives up after 3 s; a stuck database must cost a retried delivery, not a lost one.
-        ids = await asyncio.wait_for(
-            run_in_threadpool(_enqueue, config, engine, metrics, event.operator, checked), ENQUEUE_TIMEOUT
-        )
-    except TimeoutError:
-        log.warning("task store too slow; asking the sender to retry")
+    intake = Intake()
+    pending = asyncio.ensure_future(
+        run_in_threadpool(_enqueue, config, engine, metrics, event.operator, checked, intake)
+    )
+    # Harbor gives up after 3 s and redelivers on anything but 2xx, so the answer must say what happened:
+    # either every task is saved (2xx with ids) or, withdrawn before its commit, none is (503).
+    done, _ = await asyncio.wait({pending}, timeout=ENQUEUE_TIMEOUT)
+    if not done and intake.withdraw():
+        pending.add_done_callback(_ignore_outcome)
+        log.warning("task store too slow; nothing saved, asking the sender to retry")
         return _error(503, "ERR_UNAVAILABLE", "task store busy, retry later")
+    try:
+        ids = await pending  # committing, or failed and rolled back: its outcome is the answer
+    except AccelError:
+        raise
+    except Exception as exc:
+        log.error("cannot save tasks; nothing saved", exc_info=exc)
+        raise TaskStoreUnavailableError("task store unavailable, retry later") from None
     headers = {"X-Accel-Tasks": ",".join(ids)} if ids else {}
     if sync and ids:
         tasks = await run_in_threadpool(engine.wait, ids, None)
@@ -424,14 +434,21 @@ def _allowed_methods(request: Request, path: str) -> list[str]:
     return sorted(methods)
 
 
+def _ignore_outcome(future: asyncio.Future[list[str]]) -> None:
+    # The sender was told to retry; what the withdrawn write ended with is of no use to anyone now.
+    if not future.cancelled():
+        future.exception()
+
+
 def _enqueue(
     config: Config,
     engine: TaskEngine,
     metrics: Metrics,
     operator: str,
     resources: list[tuple[Resource, Reference]],
+    intake: Intake,
 ) -> list[str]:
-    ids: list[str] = []
+    wanted: list[tuple[str, str]] = []
     for resource, ref in resources:
         source = resource.resource_url
         reason = _skip_reason(config, operator, resource, ref)
@@ -439,15 +456,17 @@ def _enqueue(
             metrics.webhook_events.labels("ignored").inc()
             log.info("ignored resource", extra={"source": source, "reason": reason})
             continue
-        digest = resource.digest if resource.digest.startswith("sha256:") else ref.digest
-        submitted = engine.submit(source, digest=digest)
-        metrics.webhook_events.labels("merged" if submitted.merged else "queued").inc()
+        wanted.append((source, resource.digest if resource.digest.startswith("sha256:") else ref.digest))
+    if not wanted:
+        return []
+    submitted = engine.submit_many(wanted, intake=intake)
+    for (source, _), item in zip(wanted, submitted, strict=True):
+        metrics.webhook_events.labels("merged" if item.merged else "queued").inc()
         log.info(
-            "merged into queued task" if submitted.merged else "task queued",
-            extra={"task": submitted.task.id, "source": source, "operator": operator},
+            "merged into queued task" if item.merged else "task queued",
+            extra={"task": item.task.id, "source": source, "operator": operator},
         )
-        ids.append(submitted.task.id)
-    return ids
+    return list(dict.fromkeys(item.task.id for item in submitted))
 
 
 def _skip_reason(config: Config, operator: str, resource: Resource, ref: Reference) -> str:

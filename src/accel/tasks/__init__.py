@@ -1,11 +1,20 @@
 """Durable conversion tasks: the task model, its store (SQLite behind a small interface) and the engine."""
 
-from accel.tasks.engine import ConverterLike, Submitted, TaskEngine, TaskRetryPolicy
-from accel.tasks.model import Task, TaskNotFoundError, TaskStateError, TaskStatus
+from accel.tasks.engine import ConverterLike, Intake, Submitted, TaskEngine, TaskRetryPolicy
+from accel.tasks.model import (
+    IntakeWithdrawnError,
+    Task,
+    TaskNotFoundError,
+    TaskStateError,
+    TaskStatus,
+    TaskStoreUnavailableError,
+)
 from accel.tasks.store import SQLiteTaskStore, TaskStore
 
 __all__ = [
     "ConverterLike",
+    "Intake",
+    "IntakeWithdrawnError",
     "SQLiteTaskStore",
     "Submitted",
     "Task",
@@ -15,4 +24,5 @@ __all__ = [
     "TaskStateError",
     "TaskStatus",
     "TaskStore",
+    "TaskStoreUnavailableError",
 ]
