@@ -583,3 +583,22 @@ def test_stalled_store_answers_503_and_saves_nothing(make_acceld: Callable[..., 
     assert retried.status_code == 200
     [task] = daemon.wait_all_final(1)
     assert task["id"] == retried.headers["x-accel-tasks"] and daemon.conversions == [image(0)]
+
+
+def test_log_lines_hold_no_raw_control_bytes(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    controls = bytes([*range(0x20), 0x7F])
+    path = "/x" + "".join(f"%{b:02x}" for b in controls) + "%1b%5b31mRED%ff%c2%85"
+    with daemon.client() as client:
+        response = client.get(path)  # unauthenticated, unknown route: still logged
+        assert response.status_code == 404
+        client.post(f"{path}?sync=true", content=b"\x1b[2J", headers={"Authorization": SECRET})
+    daemon.stop()
+    raw = daemon.log_file.read_bytes()
+    lines = raw.split(b"\n")
+    logged = [line for line in lines if b"msg=request" in line and b"RED" in line]
+    assert len(logged) == 2, raw[-2000:]
+    for line in lines:
+        assert not any(b in controls for b in line), line
+        line.decode("utf-8")  # valid UTF-8: grep does not treat the log as binary
+    assert b"\\x00\\x01\\x02" in logged[0] and b"\\x1b[31mRED" in logged[0] and b"\\x7f" in logged[0]
