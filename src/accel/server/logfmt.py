@@ -22,7 +22,9 @@ _BARE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
 # Anything a terminal, grep or a log shipper could act on: C0 and C1 controls, DEL, line and paragraph
 # separators, bidirectional overrides and zero-width marks (they reorder or hide text), the BOM, and lone
 # surrogates (undecodable bytes smuggled in through surrogateescape). Request paths put these in fields.
-_UNSAFE = re.compile(r'[\\"\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]')
+_UNSAFE = re.compile(
+    r'[\\"\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]'
+)
 _SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

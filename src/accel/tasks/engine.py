@@ -298,6 +298,7 @@ class TaskEngine:
                 self._flushing = True
                 self._intake.release()
                 error: BaseException | None = None
+                dropped: list[str] = []
                 try:
                     with self.store.transaction():
                         self.store.add_many([u.task for u in batch])
@@ -306,7 +307,8 @@ class TaskEngine:
                         dropped = [u.task.id for u in batch if not any([i.seal() for i in u.intakes])]
                         if dropped:
                             self.store.delete(dropped)
-                            log.warning("tasks withdrawn before commit, not saved", extra={"count": len(dropped)})
+                    if dropped:
+                        log.warning("tasks withdrawn before commit, not saved", extra={"count": len(dropped)})
                 except BaseException as exc:
                     error = exc
                 finally:
