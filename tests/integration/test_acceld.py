@@ -602,3 +602,87 @@ def test_log_lines_hold_no_raw_control_bytes(make_acceld: Callable[..., Acceld])
         assert not any(b in controls for b in line), line
         line.decode("utf-8")  # valid UTF-8: grep does not treat the log as binary
     assert b"\\x00\\x01\\x02" in logged[0] and b"\\x1b[31mRED" in logged[0] and b"\\x7f" in logged[0]
+
+
+def test_webhook_content_type_must_be_json(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    body = json.dumps(push_event(image(0))).encode()
+    with daemon.client() as client:
+
+        def post(content_type: str | None) -> httpx.Response:
+            headers = {"Authorization": SECRET}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            return client.post("/api/v1/conversions", content=body, headers=headers)
+
+        for refused in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            response = post(refused)
+            assert response.status_code == 415, (refused, response.text)
+            assert response.json()["code"] == "ERR_UNSUPPORTED_MEDIA_TYPE"
+        assert daemon.tasks() == []
+        for accepted in (
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/vnd.harbor+json",
+        ):
+            assert post(accepted).status_code == 200, accepted
+        assert post(None).status_code == 200  # no Content-Type at all: read as JSON (README)
+
+
+def _read_response(sock: Any) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response with a Content-Length: (head, body). Fails if the peer closes first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {data[:300]!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-body: {head[:300]!r}"
+        body += chunk
+    return head, body
+
+
+def test_oversized_body_gets_413_on_a_reusable_connection(make_acceld: Callable[..., Acceld]) -> None:
+    import socket
+
+    daemon = make_acceld().start()
+    host, port = daemon.addr.split(":")
+    body = b'{"type": "PUSH_ARTIFACT", "x": "' + b"a" * (1200 * 1024) + b'"}'
+    request = (
+        f"POST /api/v1/conversions HTTP/1.1\r\nHost: acceld\r\nAuthorization: {SECRET}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    health = b"GET /api/v1/health HTTP/1.1\r\nHost: acceld\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(health)  # the connection is in use before the big request, as Harbor's pool is
+        assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+        sock.sendall(request[: len(request) // 3])  # the 413 may come before the rest is sent
+        sock.sendall(request[len(request) // 3 :])
+        head, answer = _read_response(sock)  # a reset here raises ConnectionResetError
+        assert head.startswith(b"HTTP/1.1 413") and b"connection: close" not in head.lower()
+        assert json.loads(answer)["code"] == "ERR_ILLEGAL_PARAMETER"
+        sock.sendall(health)  # the same connection still serves the next request
+        assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+
+
+def test_tasks_db_is_private_and_open_endpoints_are_documented(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    assert daemon.webhook(push_event(image(0))).status_code == 200
+    daemon.wait_all_final(1)
+    for path in daemon.db.parent.glob("tasks.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    # With server.api_token set, the task API needs it; /metrics, /docs and /openapi.json are served
+    # without, as Prometheus scrapers expect (README, "HTTP API"). None of them carries a secret.
+    with daemon.client() as client:
+        assert client.get("/api/v1/conversions").status_code == 401
+        for path in ("/metrics", "/docs", "/openapi.json"):
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert TOKEN not in response.text and SECRET not in response.text

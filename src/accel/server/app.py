@@ -141,6 +141,8 @@ class _Observe:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    # Answering before the whole body arrived is safe: uvicorn reads and drops the rest of a declared
+    # body and keeps the connection (tests/integration/test_acceld.py, the 413 on a reused connection).
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _TooLarge(limit)
@@ -159,6 +161,25 @@ class _TooLarge(AccelError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body larger than {limit} bytes")
+
+
+class _UnsupportedMediaType(AccelError):
+    code = "ERR_UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+
+
+def _check_json_media_type(content_type: str | None) -> None:
+    """JSON sent as JSON only. No Content-Type at all is read as JSON: Harbor always sends one, and
+    hand-written clients (``curl --data-binary @event.json``, scripts) often send none."""
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise _UnsupportedMediaType(
+        f"Content-Type {content_type[:100]!r} is not JSON; send application/json or "
+        "application/cloudevents+json"
+    )
 
 
 def _client_host(request: Request) -> str | None:
@@ -194,7 +215,7 @@ metrics_router = APIRouter()
 @router.post(
     "/api/v1/conversions",
     response_model=str,
-    responses=_errors(400, 401, 413, 500, 503),
+    responses=_errors(400, 401, 413, 415, 500, 503),
     summary="Receive a Harbor PUSH_ARTIFACT webhook (Default or CloudEvents format)",
     openapi_extra={
         "requestBody": {
@@ -212,6 +233,7 @@ async def create_conversions(request: Request, services: _Services, sync: bool =
     if not auth.webhook_caller_known(config, header):
         metrics.webhook_events.labels("rejected").inc()
         raise auth.AuthError("missing or invalid Authorization header")
+    _check_json_media_type(request.headers.get("content-type"))
     body = await _read_body(request, services.max_body)
     event = parse_event(body, request.headers.get("content-type", ""))
     if not event.push:
