@@ -109,9 +109,9 @@ class Acceld:
 
     def start(self, timeout: float = 30.0, **env: str) -> Acceld:
         self.config_file.write_text(yaml.safe_dump(self.config))
-        # The tree under test first, before an installed copy (a caller's PYTHONPATH names the tree).
-        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO_ROOT)) if p)
-        environment = {**os.environ, "PYTHONPATH": path, **self.env, **env}
+        # The tree under test first (a caller's PYTHONPATH names it), never the checkout the venv installed.
+        tree = [os.environ.get("PYTHONPATH", ""), str(REPO_ROOT / "src"), str(REPO_ROOT)]
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in tree if p), **self.env, **env}
         if self.fake:
             environment["ACCELD_CONVERTER_FACTORY"] = "tests.unit.tasks.fake_converter:factory"
         with self.log_file.open("ab") as log:
@@ -401,3 +401,288 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(make_acceld: Callable
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert "status=500" not in daemon.log_text()
+
+
+# Codes upstream's API answers with; a malformed request must get one of them, never ERR_INTERNAL.
+CLIENT_ERROR_CODES = {"ERR_ILLEGAL_PARAMETER", "ERR_UNAUTHORIZED", "ERR_UNSUPPORTED_MEDIA_TYPE"}
+_PUSH_TEXT = json.dumps(push_event(image(0)))
+
+
+def _hostile_bodies() -> dict[str, bytes]:
+    nest = 200_000  # 800 KB of brackets: under the 1 MiB limit, far past the JSON decoder's recursion
+    return {
+        "deep_list": b"[" * nest + b"]" * nest,
+        "deep_object": b'{"a":' * 150_000 + b"1" + b"}" * 150_000,
+        "deep_in_a_field": _PUSH_TEXT[:-1].encode() + b', "x": ' + b"[" * 9000 + b"]" * 9000 + b"}",
+        "unclosed_nesting": b"[" * nest,
+        "huge_string_as_integer": _PUSH_TEXT.replace(
+            '"occur_at": ', '"occur_at": "' + "\\u0041" * 150_000 + '", "x": '
+        ).encode(),
+        "huge_resource_url": b'{"type": "PUSH_ARTIFACT", "event_data": {"resources": [{"resource_url": "'
+        + b"h" * 900_000
+        + b'"}]}}',
+        "huge_number": b'{"type": "PUSH_ARTIFACT", "occur_at": ' + b"9" * 100_000 + b"}",
+        "utf16_bom": _PUSH_TEXT.encode("utf-16"),
+        "utf16le_no_bom": _PUSH_TEXT.encode("utf-16-le"),
+        "utf16be_no_bom": _PUSH_TEXT.encode("utf-16-be"),
+        "utf32": _PUSH_TEXT.encode("utf-32"),
+        "utf8_bom": b"\xef\xbb\xbf" + _PUSH_TEXT.encode(),
+        "invalid_utf8": _PUSH_TEXT.replace("admin", "ad\xffmin").encode("latin-1"),
+        "overlong_utf8": _PUSH_TEXT.encode().replace(b"admin", b"ad\xc0\xafmin"),
+        "raw_nul": _PUSH_TEXT.encode().replace(b"admin", b"ad\x00min"),
+        "nul_only": b"\x00" * 1000,
+        "lone_high_surrogate": _PUSH_TEXT.replace("admin", "\\ud800").encode(),
+        "lone_low_surrogate_key": _PUSH_TEXT.replace('"operator"', '"\\udc00"').encode(),
+        "surrogate_in_resource_url": _PUSH_TEXT.replace(HOST, HOST + "\\udfff").encode(),
+    }
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/cloudevents+json"])
+def test_hostile_bodies_get_a_4xx_json_error(make_acceld: Callable[..., Acceld], content_type: str) -> None:
+    """Beyond schemathesis's defaults: deep nesting, huge strings and odd encodings, all malformed."""
+    daemon = make_acceld().start()
+    headers = {"Authorization": SECRET, "Content-Type": content_type}
+    with daemon.client() as client:
+        for name, body in _hostile_bodies().items():
+            assert len(body) < 1024 * 1024, name
+            response = client.post("/api/v1/conversions", content=body, headers=headers)
+            assert response.status_code == 400, (name, response.status_code, response.text[:300])
+            error = response.json()
+            assert set(error) == {"code", "message"} and error["code"] == "ERR_ILLEGAL_PARAMETER", name
+        assert client.get("/api/v1/health").status_code == 200
+    assert daemon.tasks() == []
+    assert "status=500" not in daemon.log_text() and "Logging error" not in daemon.log_text()
+
+
+def test_generated_hostile_requests_never_get_5xx(make_acceld: Callable[..., Acceld]) -> None:
+    """Hypothesis mixes a valid webhook with hostile parts and sends each result to the real daemon."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    daemon = make_acceld().start()
+    control = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.sampled_from("\x7f\u2028\ufeff\ud800")
+    texts = st.text(control | st.characters(), max_size=50) | st.builds(
+        lambda c, n: c * n, st.sampled_from('a\x00\x1b\\"é'), st.integers(1, 300_000)
+    )
+
+    def nested(depth: int, opener: str) -> str:
+        closer = {"[": "]", '{"k":': "}"}[opener]
+        return opener * depth + ("1" if opener != "[" else "") + closer * depth
+
+    values = (
+        texts.map(lambda t: json.dumps(t, ensure_ascii=True))
+        | st.builds(nested, st.integers(1, 150_000), st.sampled_from(["[", '{"k":']))
+        | st.sampled_from(["null", "true", "1e999999", "-0", "NaN", '"\\ud800"', '"\\u0000"', "9" * 5000])
+    )
+    fields = st.sampled_from(["type", "operator", "occur_at", "event_data", "resource_url", "tag", "digest"])
+    encodings = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32", "latin-1"])
+
+    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(field=fields, value=values, encoding=encodings, cut=st.integers(0, 40), ctype=st.booleans())
+    def check(field: str, value: str, encoding: str, cut: int, ctype: bool) -> None:
+        document = _PUSH_TEXT
+        if field in ("resource_url", "tag", "digest"):
+            key = f'"{field}": '
+            start = document.index(key) + len(key)
+            end = document.index('"', start + 1) + 1
+            document = document[:start] + value + document[end:]
+        else:
+            document = json.dumps({**json.loads(document), field: None})
+            document = document.replace(f'"{field}": null', f'"{field}": {value}')
+        body = document.encode(encoding, errors="surrogatepass")[: len(document) * 4 - cut]
+        if len(body) > 1024 * 1024:
+            return
+        headers = {"Authorization": SECRET}
+        if ctype:
+            headers["Content-Type"] = "application/json"
+        response = client.post("/api/v1/conversions", content=body, headers=headers)
+        assert response.status_code < 500, (field, value[:80], encoding, response.text[:300])
+        if response.status_code >= 400:
+            error = response.json()
+            assert set(error) == {"code", "message"} and error["code"] in CLIENT_ERROR_CODES
+
+    with daemon.client(timeout=30) as client:
+        check()
+        assert client.get("/api/v1/health").status_code == 200
+    assert "status=500" not in daemon.log_text() and "Logging error" not in daemon.log_text()
+
+
+def many_resources(sources: list[str]) -> dict[str, Any]:
+    payload = push_event(sources[0])
+    payload["event_data"]["resources"] = [
+        {"digest": digest_of(s), "tag": s.rsplit(":", 1)[1], "resource_url": s} for s in sources
+    ]
+    return payload
+
+
+def count_tasks(daemon: Acceld) -> int:
+    with sqlite3.connect(daemon.db) as db:
+        return int(db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+
+
+def test_large_webhook_answers_with_ids_and_redelivery_adds_no_task(
+    make_acceld: Callable[..., Acceld], capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon = make_acceld(FAKE_CONVERTER_DELAY="60")
+    daemon.grace = 0.3
+    daemon.start()
+    payload = many_resources([image(n) for n in range(1000)])
+    with daemon.client(timeout=30) as client:
+        begin = time.perf_counter()
+        first = client.post("/api/v1/conversions", json=payload, headers={"Authorization": SECRET})
+        elapsed_1000 = time.perf_counter() - begin
+        assert first.status_code == 200, first.text
+        ids = first.headers["x-accel-tasks"].split(",")
+        assert len(set(ids)) == 1000 and count_tasks(daemon) == 1000
+        until(lambda: any(t["status"] == "PROCESSING" for t in daemon.tasks()), 10, "a running task")
+        # Harbor redelivers the same event: queued and running sources absorb it.
+        again = client.post("/api/v1/conversions", json=payload, headers={"Authorization": SECRET})
+        assert again.status_code == 200 and again.headers["x-accel-tasks"].split(",") == ids
+        assert count_tasks(daemon) == 1000
+
+        # 5,000 resources at once: five such webhooks (the per-webhook limit is 1,000) concurrently.
+        def send(batch: int) -> tuple[int, int, float]:
+            sources = [image(n) for n in range(1000 * batch, 1000 * (batch + 1))]
+            start = time.perf_counter()
+            response = client.post(
+                "/api/v1/conversions", json=many_resources(sources), headers={"Authorization": SECRET}
+            )
+            ids = response.headers.get("x-accel-tasks", "").split(",")
+            return response.status_code, len(set(ids)), time.perf_counter() - start
+
+        begin = time.perf_counter()
+        with ThreadPoolExecutor(5) as pool:
+            results = list(pool.map(send, range(1, 6)))
+        elapsed_5000 = time.perf_counter() - begin
+    assert [(status, n) for status, n, _ in results] == [(200, 1000)] * 5
+    assert count_tasks(daemon) == 6000
+    with capsys.disabled():
+        print(
+            f"\n1,000-resource webhook answered in {elapsed_1000:.2f} s; 5 x 1,000 concurrently in "
+            f"{elapsed_5000:.2f} s (slowest answer {max(r[2] for r in results):.2f} s)"
+        )
+    assert elapsed_1000 < 3.0 and max(r[2] for r in results) < 3.0
+
+
+def test_stalled_store_answers_503_and_saves_nothing(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    blocker = sqlite3.connect(daemon.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the daemon's commit waits behind it
+    try:
+        begin = time.perf_counter()
+        stalled = daemon.webhook(push_event(image(0)))
+        assert time.perf_counter() - begin < 3.0
+        assert stalled.status_code == 503 and stalled.json()["code"] == "ERR_UNAVAILABLE"
+        assert "x-accel-tasks" not in stalled.headers
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    until(lambda: "tasks withdrawn before commit" in daemon.log_text(), 30, "the withdrawn write")
+    assert count_tasks(daemon) == 0  # the answer said "retry": nothing was saved
+    retried = daemon.webhook(push_event(image(0)))
+    assert retried.status_code == 200
+    [task] = daemon.wait_all_final(1)
+    assert task["id"] == retried.headers["x-accel-tasks"] and daemon.conversions == [image(0)]
+
+
+def test_log_lines_hold_no_raw_control_bytes(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    controls = bytes([*range(0x20), 0x7F])
+    path = "/x" + "".join(f"%{b:02x}" for b in controls) + "%1b%5b31mRED%ff%c2%85"
+    with daemon.client() as client:
+        response = client.get(path)  # unauthenticated, unknown route: still logged
+        assert response.status_code == 404
+        client.post(f"{path}?sync=true", content=b"\x1b[2J", headers={"Authorization": SECRET})
+    daemon.stop()
+    raw = daemon.log_file.read_bytes()
+    lines = raw.split(b"\n")
+    logged = [line for line in lines if b"msg=request" in line and b"RED" in line]
+    assert len(logged) == 2, raw[-2000:]
+    for line in lines:
+        assert not any(b in controls for b in line), line
+        line.decode("utf-8")  # valid UTF-8: grep does not treat the log as binary
+    assert b"\\x00\\x01\\x02" in logged[0] and b"\\x1b[31mRED" in logged[0] and b"\\x7f" in logged[0]
+
+
+def test_webhook_content_type_must_be_json(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    body = json.dumps(push_event(image(0))).encode()
+    with daemon.client() as client:
+
+        def post(content_type: str | None) -> httpx.Response:
+            headers = {"Authorization": SECRET}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
+            return client.post("/api/v1/conversions", content=body, headers=headers)
+
+        for refused in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            response = post(refused)
+            assert response.status_code == 415, (refused, response.text)
+            assert response.json()["code"] == "ERR_UNSUPPORTED_MEDIA_TYPE"
+        assert daemon.tasks() == []
+        for accepted in (
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/vnd.harbor+json",
+        ):
+            assert post(accepted).status_code == 200, accepted
+        assert post(None).status_code == 200  # no Content-Type at all: read as JSON (README)
+
+
+def _read_response(sock: Any) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response with a Content-Length: (head, body). Fails if the peer closes first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {data[:300]!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-body: {head[:300]!r}"
+        body += chunk
+    return head, body
+
+
+def test_oversized_body_gets_413_on_a_reusable_connection(make_acceld: Callable[..., Acceld]) -> None:
+    import socket
+
+    daemon = make_acceld().start()
+    host, port = daemon.addr.split(":")
+    body = b'{"type": "PUSH_ARTIFACT", "x": "' + b"a" * (1200 * 1024) + b'"}'
+    request = (
+        f"POST /api/v1/conversions HTTP/1.1\r\nHost: acceld\r\nAuthorization: {SECRET}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    health = b"GET /api/v1/health HTTP/1.1\r\nHost: acceld\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(health)  # the connection is in use before the big request, as Harbor's pool is
+        assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+        sock.sendall(request[: len(request) // 3])  # the 413 may come before the rest is sent
+        sock.sendall(request[len(request) // 3 :])
+        head, answer = _read_response(sock)  # a reset here raises ConnectionResetError
+        assert head.startswith(b"HTTP/1.1 413") and b"connection: close" not in head.lower()
+        assert json.loads(answer)["code"] == "ERR_ILLEGAL_PARAMETER"
+        sock.sendall(health)  # the same connection still serves the next request
+        assert _read_response(sock)[0].startswith(b"HTTP/1.1 200")
+
+
+def test_tasks_db_is_private_and_open_endpoints_are_documented(make_acceld: Callable[..., Acceld]) -> None:
+    daemon = make_acceld().start()
+    assert daemon.webhook(push_event(image(0))).status_code == 200
+    daemon.wait_all_final(1)
+    for path in daemon.db.parent.glob("tasks.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    # With server.api_token set, the task API needs it; /metrics, /docs and /openapi.json are served
+    # without, as Prometheus scrapers expect (README, "HTTP API"). None of them carries a secret.
+    with daemon.client() as client:
+        assert client.get("/api/v1/conversions").status_code == 401
+        for path in ("/metrics", "/docs", "/openapi.json"):
+            response = client.get(path)
+            assert response.status_code == 200, path
+            assert TOKEN not in response.text and SECRET not in response.text

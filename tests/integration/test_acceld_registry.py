@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,15 @@ import pytest
 
 from accel.config import SourceConfig, WebhookConfig
 from accel.oci import mediatypes as mt
-from tests.integration.test_acceld import SECRET, TOKEN, Acceld, free_port, push_event, until
+from tests.integration.test_acceld import (
+    SECRET,
+    TOKEN,
+    Acceld,
+    count_tasks,
+    free_port,
+    push_event,
+    until,
+)
 from tests.support.configs import config_dict
 from tests.support.images import build_simple_image, push_layout, skopeo_available
 from tests.support.registry import RegistryServer
@@ -170,3 +179,35 @@ def test_registry_down_then_back(
     done = until(lambda: (t := task())["status"] in ("COMPLETED", "FAILED") and t, 90, "the retried task")
     assert done["status"] == "COMPLETED" and done["attempts"] >= 2, done
     assert_target_complete(restartable_registry, done["target"], digest)
+
+
+def test_webhook_answer_tells_the_truth(
+    registry_plain: RegistryServer, tmp_path: Path, make_daemon: Callable[[RegistryServer], Acceld]
+) -> None:
+    """503 only when nothing was saved; 2xx carries the ids; redeliveries add no task (issue 18, 1)."""
+    names = [f"truth{random.randrange(1 << 30)}/app{n}" for n in range(4)]
+    pushed = push_images(registry_plain, tmp_path, names)
+    daemon = make_daemon(registry_plain).start()
+    payload = push_event(next(iter(pushed)))
+    payload["event_data"]["resources"] = [
+        {"digest": digest, "tag": "v1", "resource_url": ref} for ref, digest in pushed.items()
+    ]
+    blocker = sqlite3.connect(daemon.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # a stalled task database
+    try:
+        stalled = daemon.webhook(payload)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert stalled.status_code == 503 and "x-accel-tasks" not in stalled.headers
+    until(lambda: "tasks withdrawn before commit" in daemon.log_text(), 30, "the withdrawn write")
+    assert count_tasks(daemon) == 0
+    answers = [daemon.webhook(payload) for _ in range(3)]  # Harbor's redeliveries
+    assert [a.status_code for a in answers] == [200] * 3
+    ids = answers[0].headers["x-accel-tasks"].split(",")
+    assert len(set(ids)) == 4 and all(a.headers["x-accel-tasks"].split(",") == ids for a in answers)
+    tasks = daemon.wait_all_final(4, timeout=120)
+    assert sorted(t["id"] for t in tasks) == sorted(ids)
+    assert all(t["status"] == "COMPLETED" for t in tasks), [(t["source"], t["reason"]) for t in tasks]
+    for task in tasks:
+        assert_target_complete(registry_plain, task["target"], pushed[task["source"]])

@@ -53,8 +53,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class RetryPolicy:
     """``max_retries`` retries after the first attempt; waits are ``uniform(0, min(max, initial * 2**n))``.
 
-    A server's Retry-After replaces the jittered wait but is capped at ``backoff_max``, so one call never
-    blocks a worker longer than the configuration allows.
+    One registry call within one task attempt; :class:`accel.tasks.TaskRetryPolicy` decides whether the
+    whole task runs again. A server's Retry-After replaces the jittered wait but is capped at
+    ``backoff_max``, so one call never blocks a worker longer than the configuration allows.
     """
 
     max_retries: int = 5

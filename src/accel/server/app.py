@@ -11,9 +11,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -22,6 +23,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from accel import __version__
 from accel.config import Config
 from accel.errors import AccelError
 from accel.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -35,7 +37,7 @@ from accel.server.payload import (
     parse_event,
     parse_reference,
 )
-from accel.tasks import Task, TaskEngine, TaskStatus
+from accel.tasks import Intake, Task, TaskEngine, TaskStatus, TaskStoreUnavailableError
 
 log = logging.getLogger("accel.server")
 
@@ -139,6 +141,8 @@ class _Observe:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    # Answering before the whole body arrived is safe: uvicorn reads and drops the rest of a declared
+    # body and keeps the connection (tests/integration/test_acceld.py, the 413 on a reused connection).
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _TooLarge(limit)
@@ -159,8 +163,236 @@ class _TooLarge(AccelError):
         super().__init__(f"request body larger than {limit} bytes")
 
 
+class _UnsupportedMediaType(AccelError):
+    code = "ERR_UNSUPPORTED_MEDIA_TYPE"
+    status = 415
+
+
+def _check_json_media_type(content_type: str | None) -> None:
+    """JSON sent as JSON only. No Content-Type at all is read as JSON: Harbor always sends one, and
+    hand-written clients (``curl --data-binary @event.json``, scripts) often send none."""
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise _UnsupportedMediaType(
+        f"Content-Type {content_type[:100]!r} is not JSON; send application/json or "
+        "application/cloudevents+json"
+    )
+
+
 def _client_host(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the route functions need, kept on ``app.state`` so that several apps can live side by side."""
+
+    config: Config
+    engine: TaskEngine
+    metrics: Metrics
+    max_body: int
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _require_api(request: Request, services: Annotated[Services, Depends(_services)]) -> None:
+    auth.check_api(services.config, request.headers.get("authorization"), _client_host(request))
+
+
+_Services = Annotated[Services, Depends(_services)]
+_API_AUTH = [Depends(_require_api)]
+
+router = APIRouter()
+metrics_router = APIRouter()
+
+
+@router.post(
+    "/api/v1/conversions",
+    response_model=str,
+    responses=_errors(400, 401, 413, 415, 500, 503),
+    summary="Receive a Harbor PUSH_ARTIFACT webhook (Default or CloudEvents format)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/HarborEvent"}},
+                "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
+            },
+        }
+    },
+)
+async def create_conversions(request: Request, services: _Services, sync: bool = False) -> Response:
+    config, engine, metrics = services.config, services.engine, services.metrics
+    header = request.headers.get("authorization")
+    if not auth.webhook_caller_known(config, header):
+        metrics.webhook_events.labels("rejected").inc()
+        raise auth.AuthError("missing or invalid Authorization header")
+    _check_json_media_type(request.headers.get("content-type"))
+    body = await _read_body(request, services.max_body)
+    event = parse_event(body, request.headers.get("content-type", ""))
+    if not event.push:
+        log.info("ignored event", extra={"type": event.type[:100]})
+        metrics.webhook_events.labels("ignored").inc()
+        return JSONResponse("Ok")
+    checked: list[tuple[Resource, Reference]] = []
+    for resource in event.resources:
+        ref = parse_reference(resource.resource_url)
+        auth.check_webhook_host(config, header, ref.host)
+        checked.append((resource, ref))
+    intake = Intake()
+    pending = asyncio.ensure_future(
+        run_in_threadpool(_enqueue, config, engine, metrics, event.operator, checked, intake)
+    )
+    # Harbor gives up after 3 s and redelivers on anything but 2xx, so the answer must say what happened:
+    # either every task is saved (2xx with ids) or, withdrawn before its commit, none is (503).
+    done, _ = await asyncio.wait({pending}, timeout=ENQUEUE_TIMEOUT)
+    if not done and intake.withdraw():
+        pending.add_done_callback(_ignore_outcome)
+        log.warning("task store too slow; nothing saved, asking the sender to retry")
+        return _error(503, "ERR_UNAVAILABLE", "task store busy, retry later")
+    try:
+        ids = await pending  # committing, or failed and rolled back: its outcome is the answer
+    except AccelError:
+        raise
+    except Exception as exc:
+        log.error("cannot save tasks; nothing saved", exc_info=exc)
+        raise TaskStoreUnavailableError("task store unavailable, retry later") from None
+    headers = {"X-Accel-Tasks": ",".join(ids)} if ids else {}
+    if sync and ids:
+        tasks = await run_in_threadpool(engine.wait, ids, None)
+        failed = [t for t in tasks if t.status in (TaskStatus.FAILED, TaskStatus.CANCELED)]
+        if failed:
+            reasons = "; ".join(f"{t.source}: {t.reason}" for t in failed)
+            return JSONResponse(
+                {"code": "ERR_CONVERT_FAILED", "message": reasons}, status_code=500, headers=headers
+            )
+        if any(t.status.active for t in tasks):
+            return JSONResponse(
+                {"code": "ERR_UNAVAILABLE", "message": "service stopping; the task stays queued"},
+                status_code=503,
+                headers=headers,
+            )
+    return JSONResponse("Ok", headers=headers)
+
+
+@router.get(
+    "/api/v1/conversions",
+    response_model=list[TaskView],
+    responses=_errors(400, 401, 403),
+    dependencies=_API_AUTH,
+)
+def list_conversions(
+    services: _Services,
+    status: TaskStatus | None = None,
+    limit: int = Query(1000, ge=1, le=100_000),
+) -> Response:
+    """Tasks, newest first."""
+    return JSONResponse([_view(t) for t in services.engine.list_tasks(limit=limit, status=status)])
+
+
+@router.get(
+    "/api/v1/conversions/{task_id}",
+    response_model=TaskView,
+    responses=_errors(401, 403, 404),
+    dependencies=_API_AUTH,
+)
+def show_conversion(services: _Services, task_id: str) -> Response:
+    return JSONResponse(_view(services.engine.get(task_id)))
+
+
+@router.post(
+    "/api/v1/conversions/{task_id}/cancel",
+    response_model=TaskView,
+    responses=_errors(401, 403, 404, 409),
+    dependencies=_API_AUTH,
+)
+def cancel_conversion(services: _Services, task_id: str) -> Response:
+    """Cancel a PENDING task, or ask a PROCESSING one to stop at its next check."""
+    return JSONResponse(_view(services.engine.cancel(task_id)))
+
+
+@router.post(
+    "/api/v1/conversions/{task_id}/retry",
+    response_model=TaskView,
+    responses=_errors(401, 403, 404, 409),
+    dependencies=_API_AUTH,
+)
+def retry_conversion(services: _Services, task_id: str) -> Response:
+    """Queue a FAILED or CANCELED task again."""
+    return JSONResponse(_view(services.engine.retry(task_id)))
+
+
+@router.get(
+    "/api/v1/health",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(500)},
+)
+def health(services: _Services) -> Response:
+    if not services.engine.healthy():
+        return _error(500, "ERR_UNHEALTHY", "task store or workers unavailable")
+    return PlainTextResponse("Ok")
+
+
+@metrics_router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+def prometheus(services: _Services) -> Response:
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _accel_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AccelError)
+    return _error(exc.status, exc.code, exc.message)
+
+
+async def _invalid(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+    return _error(400, "ERR_ILLEGAL_PARAMETER", "; ".join(parts) or "invalid request")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        response = _error(404, "ERR_INVALID_ENDPOINT", "Endpoint not found")
+    elif exc.status_code == 405:
+        response = _error(405, "ERR_METHOD_NOT_ALLOWED", "Method not allowed")
+    else:
+        response = _error(exc.status_code, "ERR_HTTP", str(exc.detail))
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; GET and POST are separate routes.
+        response.headers["Allow"] = ", ".join(_allowed_methods(request, request.url.path))
+    return response
+
+
+async def _internal(_: Request, exc: Exception) -> Response:
+    log.error("internal error", exc_info=exc)
+    return _error(500, "ERR_INTERNAL", "internal error")
+
+
+class _App(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        # The webhook body is read by hand (two formats, a size limit), so its models are added here.
+        if self.openapi_schema is None:
+            schema = get_openapi(
+                title=self.title, version=self.version, description=self.description, routes=self.routes
+            )
+            _, defs = models_json_schema(
+                [(HarborEvent, "validation"), (CloudEvent, "validation")],
+                ref_template="#/components/schemas/{model}",
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            self.openapi_schema = schema
+        return self.openapi_schema
 
 
 def create_app(
@@ -190,179 +422,44 @@ def create_app(
                 if not clean:
                     log.warning("some conversions did not stop in time; they run again at the next start")
 
-    app = FastAPI(
+    app = _App(
         title="acceleration-service",
-        version="0.1.0",
+        version=__version__,
         description="Converts OCI images pushed to Harbor into lazy-pulling formats.",
         lifespan=lifespan,
     )
+    app.state.services = Services(config, engine, metrics, max_body)
     listen = (
         f"unix:{config.server.uds}" if config.server.uds else f"{config.server.host}:{config.server.port}"
     )
     app.add_middleware(_Observe, metrics=metrics, host=listen)
-
-    @app.exception_handler(AccelError)
-    async def _accel_error(_: Request, exc: AccelError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
-        return _error(400, "ERR_ILLEGAL_PARAMETER", "; ".join(parts) or "invalid request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
-            response = _error(404, "ERR_INVALID_ENDPOINT", "Endpoint not found")
-        elif exc.status_code == 405:
-            response = _error(405, "ERR_METHOD_NOT_ALLOWED", "Method not allowed")
-        else:
-            response = _error(exc.status_code, "ERR_HTTP", str(exc.detail))
-        response.headers.update(exc.headers or {})
-        if exc.status_code == 405:
-            # Starlette names only the first route that matched the path; GET and POST are separate routes.
-            response.headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
-        return response
-
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error", exc_info=exc)
-        return _error(500, "ERR_INTERNAL", "internal error")
-
-    def _require_api(request: Request) -> None:
-        auth.check_api(config, request.headers.get("authorization"), _client_host(request))
-
-    @app.post(
-        "/api/v1/conversions",
-        response_model=str,
-        responses=_errors(400, 401, 413, 500, 503),
-        summary="Receive a Harbor PUSH_ARTIFACT webhook (Default or CloudEvents format)",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/HarborEvent"}},
-                    "application/cloudevents+json": {"schema": {"$ref": "#/components/schemas/CloudEvent"}},
-                },
-            }
-        },
-    )
-    async def create_conversions(request: Request, sync: bool = False) -> Response:
-        header = request.headers.get("authorization")
-        if not auth.webhook_caller_known(config, header):
-            metrics.webhook_events.labels("rejected").inc()
-            raise auth.AuthError("missing or invalid Authorization header")
-        body = await _read_body(request, max_body)
-        event = parse_event(body, request.headers.get("content-type", ""))
-        if not event.push:
-            log.info("ignored event", extra={"type": event.type[:100]})
-            metrics.webhook_events.labels("ignored").inc()
-            return JSONResponse("Ok")
-        checked: list[tuple[Resource, Reference]] = []
-        for resource in event.resources:
-            ref = parse_reference(resource.resource_url)
-            auth.check_webhook_host(config, header, ref.host)
-            checked.append((resource, ref))
-        try:
-            # Harbor gives up after 3 s; a stuck database must cost a retried delivery, not a lost one.
-            ids = await asyncio.wait_for(
-                run_in_threadpool(_enqueue, config, engine, metrics, event.operator, checked), ENQUEUE_TIMEOUT
-            )
-        except TimeoutError:
-            log.warning("task store too slow; asking the sender to retry")
-            return _error(503, "ERR_UNAVAILABLE", "task store busy, retry later")
-        headers = {"X-Accel-Tasks": ",".join(ids)} if ids else {}
-        if sync and ids:
-            tasks = await run_in_threadpool(engine.wait, ids, None)
-            failed = [t for t in tasks if t.status in (TaskStatus.FAILED, TaskStatus.CANCELED)]
-            if failed:
-                reasons = "; ".join(f"{t.source}: {t.reason}" for t in failed)
-                return JSONResponse(
-                    {"code": "ERR_CONVERT_FAILED", "message": reasons}, status_code=500, headers=headers
-                )
-            if any(t.status.active for t in tasks):
-                return JSONResponse(
-                    {"code": "ERR_UNAVAILABLE", "message": "service stopping; the task stays queued"},
-                    status_code=503,
-                    headers=headers,
-                )
-        return JSONResponse("Ok", headers=headers)
-
-    @app.get("/api/v1/conversions", response_model=list[TaskView], responses=_errors(400, 401, 403))
-    def list_conversions(
-        request: Request,
-        status: TaskStatus | None = None,
-        limit: int = Query(1000, ge=1, le=100_000),
-    ) -> Response:
-        """Tasks, newest first."""
-        _require_api(request)
-        return JSONResponse([_view(t) for t in engine.list_tasks(limit=limit, status=status)])
-
-    @app.get("/api/v1/conversions/{task_id}", response_model=TaskView, responses=_errors(401, 403, 404))
-    def show_conversion(request: Request, task_id: str) -> Response:
-        _require_api(request)
-        return JSONResponse(_view(engine.get(task_id)))
-
-    @app.post(
-        "/api/v1/conversions/{task_id}/cancel", response_model=TaskView, responses=_errors(401, 403, 404, 409)
-    )
-    def cancel_conversion(request: Request, task_id: str) -> Response:
-        """Cancel a PENDING task, or ask a PROCESSING one to stop at its next check."""
-        _require_api(request)
-        return JSONResponse(_view(engine.cancel(task_id)))
-
-    @app.post(
-        "/api/v1/conversions/{task_id}/retry", response_model=TaskView, responses=_errors(401, 403, 404, 409)
-    )
-    def retry_conversion(request: Request, task_id: str) -> Response:
-        """Queue a FAILED or CANCELED task again."""
-        _require_api(request)
-        return JSONResponse(_view(engine.retry(task_id)))
-
-    @app.get(
-        "/api/v1/health",
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(500)},
-    )
-    def health() -> Response:
-        if not engine.healthy():
-            return _error(500, "ERR_UNHEALTHY", "task store or workers unavailable")
-        return PlainTextResponse("Ok")
-
+    app.add_exception_handler(AccelError, _accel_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal)
+    app.include_router(router)
     if config.metric.enabled:
-
-        @app.get(
-            "/metrics",
-            response_class=PlainTextResponse,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-        )
-        def prometheus() -> Response:
-            return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            _, defs = models_json_schema(
-                [(HarborEvent, "validation"), (CloudEvent, "validation")],
-                ref_template="#/components/schemas/{model}",
-            )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+        app.include_router(metrics_router)
     return app
 
 
-def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+def _allowed_methods(request: Request, path: str) -> list[str]:
+    # FastAPI keeps an included router as one opaque entry in app.routes, so our routers are walked too.
+    routes = [*request.app.routes, *router.routes]
+    if _services(request).config.metric.enabled:
+        routes += metrics_router.routes
     methods: set[str] = set()
-    for route in app.routes:
+    for route in routes:
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(path):
             methods |= set(getattr(route, "methods", None) or ())
     return sorted(methods)
+
+
+def _ignore_outcome(future: asyncio.Future[list[str]]) -> None:
+    # The sender was told to retry; what the withdrawn write ended with is of no use to anyone now.
+    if not future.cancelled():
+        future.exception()
 
 
 def _enqueue(
@@ -371,8 +468,9 @@ def _enqueue(
     metrics: Metrics,
     operator: str,
     resources: list[tuple[Resource, Reference]],
+    intake: Intake,
 ) -> list[str]:
-    ids: list[str] = []
+    wanted: list[tuple[str, str]] = []
     for resource, ref in resources:
         source = resource.resource_url
         reason = _skip_reason(config, operator, resource, ref)
@@ -380,15 +478,17 @@ def _enqueue(
             metrics.webhook_events.labels("ignored").inc()
             log.info("ignored resource", extra={"source": source, "reason": reason})
             continue
-        digest = resource.digest if resource.digest.startswith("sha256:") else ref.digest
-        submitted = engine.submit(source, digest=digest)
-        metrics.webhook_events.labels("merged" if submitted.merged else "queued").inc()
+        wanted.append((source, resource.digest if resource.digest.startswith("sha256:") else ref.digest))
+    if not wanted:
+        return []
+    submitted = engine.submit_many(wanted, intake=intake)
+    for (source, _), item in zip(wanted, submitted, strict=True):
+        metrics.webhook_events.labels("merged" if item.merged else "queued").inc()
         log.info(
-            "merged into queued task" if submitted.merged else "task queued",
-            extra={"task": submitted.task.id, "source": source, "operator": operator},
+            "merged into queued task" if item.merged else "task queued",
+            extra={"task": item.task.id, "source": source, "operator": operator},
         )
-        ids.append(submitted.task.id)
-    return ids
+    return list(dict.fromkeys(item.task.id for item in submitted))
 
 
 def _skip_reason(config: Config, operator: str, resource: Resource, ref: Reference) -> str:

@@ -19,14 +19,30 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "color_message",
 }
 _BARE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
+# Anything a terminal, grep or a log shipper could act on: C0 and C1 controls, DEL, line and paragraph
+# separators, bidirectional overrides and zero-width marks (they reorder or hide text), the BOM, and lone
+# surrogates (undecodable bytes smuggled in through surrogateescape). Request paths put these in fields.
+_UNSAFE = re.compile(
+    r'[\\"\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]'
+)
+_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    short = _SHORT.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _quote(value: object) -> str:
+    """Bare when safe, else double-quoted with every unsafe character escaped: one printable line."""
     text = str(value)
     if text and _BARE.match(text):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
+    return f'"{_UNSAFE.sub(_escape, text)}"'
 
 
 class LogfmtFormatter(logging.Formatter):

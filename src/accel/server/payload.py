@@ -124,12 +124,36 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _decode_json(body: bytes) -> Any:
+    """Strict RFC 8259 JSON: UTF-8 without BOM, no lone surrogates, nesting bounded by the parser.
+
+    ``json.loads(bytes)`` would guess UTF-16/32 and accept escaped lone surrogates, which no UTF-8 log
+    line or database column can hold; Harbor sends UTF-8, so anything else is refused up front.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"invalid JSON body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise PayloadError(f"invalid JSON body: {exc}") from None
+    except RecursionError:
+        # The C decoder recurses once per nesting level; far deeper than any webhook we accept.
+        raise PayloadError("invalid JSON body: nested too deeply") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise PayloadError(f"invalid JSON body: lone surrogate {bad} in a string") from None
+    except RecursionError:
+        raise PayloadError("invalid JSON body: nested too deeply") from None
+    return data
+
+
 def parse_event(body: bytes, content_type: str) -> Event:
     """Decode a webhook body; raises :class:`PayloadError` for bad JSON or wrong field types."""
-    try:
-        data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"invalid JSON body: {exc}") from None
+    data = _decode_json(body)
     if not isinstance(data, dict):
         raise PayloadError("invalid body: expected a JSON object")
     try:

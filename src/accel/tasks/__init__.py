@@ -1,18 +1,28 @@
 """Durable conversion tasks: the task model, its store (SQLite behind a small interface) and the engine."""
 
-from accel.tasks.engine import ConverterLike, RetryPolicy, Submitted, TaskEngine
-from accel.tasks.model import Task, TaskNotFoundError, TaskStateError, TaskStatus
+from accel.tasks.engine import ConverterLike, Intake, Submitted, TaskEngine, TaskRetryPolicy
+from accel.tasks.model import (
+    IntakeWithdrawnError,
+    Task,
+    TaskNotFoundError,
+    TaskStateError,
+    TaskStatus,
+    TaskStoreUnavailableError,
+)
 from accel.tasks.store import SQLiteTaskStore, TaskStore
 
 __all__ = [
     "ConverterLike",
-    "RetryPolicy",
+    "Intake",
+    "IntakeWithdrawnError",
     "SQLiteTaskStore",
     "Submitted",
     "Task",
     "TaskEngine",
     "TaskNotFoundError",
+    "TaskRetryPolicy",
     "TaskStateError",
     "TaskStatus",
     "TaskStore",
+    "TaskStoreUnavailableError",
 ]

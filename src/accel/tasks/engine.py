@@ -12,15 +12,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Protocol
 
 from accel.converter.progress import ResolvedSource
 from accel.errors import AccelError, CanceledError
 from accel.metrics import Metrics
-from accel.tasks.model import Task, TaskNotFoundError, TaskStateError, TaskStatus, utcnow
+from accel.tasks.model import (
+    IntakeWithdrawnError,
+    Task,
+    TaskNotFoundError,
+    TaskStateError,
+    TaskStatus,
+    utcnow,
+)
 from accel.tasks.store import TaskStore
 
 log = logging.getLogger("accel.tasks")
@@ -81,8 +88,11 @@ class ConverterLike(Protocol):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded attempts with exponential backoff for transient errors."""
+class TaskRetryPolicy:
+    """How often a whole task is attempted again after a transient failure, with exponential backoff.
+
+    Not :class:`accel.registry.RetryPolicy`, which retries one registry call within an attempt.
+    """
 
     max_attempts: int = 5
     backoff_initial: float = 2.0
@@ -90,6 +100,46 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return float(min(self.backoff_initial * 2 ** max(attempt - 1, 0), self.backoff_max))
+
+
+class Intake:
+    """One caller's share of a group commit; it may withdraw until the commit is decided.
+
+    The webhook handler withdraws when the store is too slow for Harbor's timeout, so that its "retry
+    later" answer is true: a withdrawn request leaves no task behind.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "open"
+
+    def withdraw(self) -> bool:
+        """True if nothing of this request will be saved; False if its tasks are being committed."""
+        with self._lock:
+            if self._state == "open":
+                self._state = "withdrawn"
+            return self._state == "withdrawn"
+
+    @property
+    def withdrawn(self) -> bool:
+        with self._lock:
+            return self._state == "withdrawn"
+
+    def seal(self) -> bool:
+        """Called by the writer just before committing: True if the caller still wants its tasks."""
+        with self._lock:
+            if self._state == "open":
+                self._state = "sealed"
+            return self._state == "sealed"
+
+
+@dataclass
+class _Unsaved:
+    task: Task
+    intakes: list[Intake] = field(default_factory=list)
+    writing: bool = False  # in the transaction now being written; its owners are fixed
+    done: bool = False
+    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +156,7 @@ class TaskEngine:
         *,
         workers: int,
         metrics: Metrics | None = None,
-        retry: RetryPolicy | None = None,
+        retry: TaskRetryPolicy | None = None,
         retention: timedelta = timedelta(hours=24),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,16 +164,15 @@ class TaskEngine:
         self.converter = converter
         self.workers = max(1, workers)
         self.metrics = metrics
-        self.retry_policy = retry or RetryPolicy()
+        self.retry_policy = retry or TaskRetryPolicy()
         self.retention = retention
         self._clock = clock
         self._driver_key = converter.driver_key()
         self._lock = threading.Lock()
         self._intake = threading.Condition()
-        self._unsaved: dict[str, Task] = {}  # accepted, being written by a group commit
-        self._batch: list[Task] = []
+        self._unsaved: dict[str, _Unsaved] = {}  # accepted, being written by a group commit
+        self._batch: list[_Unsaved] = []
         self._flushing = False
-        self._unsaved_errors: dict[str, BaseException] = {}
         self._kick = threading.Event()
         self._stopping = threading.Event()
         self._shutdown_cancel = threading.Event()
@@ -183,62 +232,110 @@ class TaskEngine:
     # -- API ---------------------------------------------------------------------------------------------
 
     def submit(self, source: str, *, digest: str = "") -> Submitted:
-        """Queue a conversion of ``source``; ``digest`` is the pushed manifest digest if the caller knows it,
-        and the task converts that digest even if the tag moves before it runs.
+        """Queue a conversion of ``source``; ``digest`` is the pushed manifest digest, if known."""
+        return self.submit_many([(source, digest)])[0]
 
-        An active task for the same reference absorbs the request when it is pinned to exactly ``digest``,
-        or when it is PENDING with no digest yet (it will resolve the tag later). Otherwise the push may be
-        newer than what that task converts, and a new task is queued so that no push is lost.
+    def submit_many(
+        self, requests: Sequence[tuple[str, str]], *, intake: Intake | None = None
+    ) -> list[Submitted]:
+        """Queue conversions of (source, digest) pairs, all new tasks in one durable transaction.
+
+        An active task for the same reference absorbs a request when it resolved, or was queued for,
+        exactly ``digest``, or when it is PENDING with no digest yet (it will resolve the tag later).
+        Otherwise the push may be newer than what it converts, and a new task is queued so that no push is
+        lost; each task converts the digest it was queued for even if the tag moves before it runs. So a
+        redelivered webhook never adds a task for a source that is queued or running.
+
+        With ``intake``, the caller may :meth:`Intake.withdraw` until the write commits: then nothing of
+        this call is saved and :class:`IntakeWithdrawnError` is raised.
         """
+        intake = intake or Intake()
+        results: list[Submitted] = []
+        mine: list[_Unsaved] = []
         with self._intake:
-            task = next((t for t in self._unsaved.values() if t.source == source), None)
-            merged = task is not None
-            if task is None:
-                for active in self.store.find_active(source, self._driver_key):
-                    # A task pinned to another digest converts that push, not this one.
-                    unpinned = active.status is TaskStatus.PENDING and not active.source_digest
-                    if unpinned or (digest and active.source_digest == digest):
-                        return Submitted(active, merged=True)
-                task = Task(
-                    source=source,
-                    driver=self.converter.driver_name,
-                    driver_key=self._driver_key,
-                    source_digest=digest,
-                )
-                self._unsaved[task.id] = task
-                self._batch.append(task)
-            self._await_durable(task)
-        self._kick.set()
-        return Submitted(task, merged=merged)
+            # A task whose commit is being decided cannot take another owner: wait for the outcome.
+            while any(u.writing for u in (self._unsaved.get(source) for source, _ in requests) if u):
+                self._intake.wait()
+            fresh = [source for source, _ in requests if source not in self._unsaved]
+            active = self.store.find_active_many(fresh, self._driver_key) if fresh else {}
+            for source, digest in requests:
+                unsaved = self._unsaved.get(source)
+                if unsaved is None:
+                    found = next(
+                        (
+                            t
+                            for t in active.get(source, [])
+                            # A task pinned to another digest converts that push, not this one.
+                            if (t.status is TaskStatus.PENDING and not t.source_digest)
+                            or (digest and t.source_digest == digest)
+                        ),
+                        None,
+                    )
+                    if found is not None:
+                        results.append(Submitted(found, merged=True))
+                        continue
+                    task = Task(
+                        source=source,
+                        driver=self.converter.driver_name,
+                        driver_key=self._driver_key,
+                        source_digest=digest,
+                    )
+                    unsaved = _Unsaved(task)
+                    self._unsaved[source] = unsaved
+                    self._batch.append(unsaved)
+                    merged = False
+                else:
+                    merged = True
+                if intake not in unsaved.intakes:
+                    unsaved.intakes.append(intake)
+                    mine.append(unsaved)
+                results.append(Submitted(unsaved.task, merged=merged))
+            self._await_durable(mine, intake)
+        if mine:
+            self._kick.set()
+        return results
 
-    def _await_durable(self, task: Task) -> None:
+    def _await_durable(self, mine: list[_Unsaved], intake: Intake) -> None:
         """Group commit: one waiting caller writes every queued new task with one fsync; the others wait.
 
         Called with ``self._intake`` held. Under a burst of webhooks this turns N serial fsyncs into a few.
+        A task is kept when at least one caller that asked for it still wants it at commit time.
         """
-        while task.id in self._unsaved:
+        while any(not u.done for u in mine):
             if self._batch and not self._flushing:
                 batch, self._batch = self._batch, []
+                for unsaved in batch:
+                    unsaved.writing = True
                 self._flushing = True
                 self._intake.release()
                 error: BaseException | None = None
+                dropped: list[str] = []
                 try:
-                    self.store.add_many(batch)
+                    with self.store.transaction():
+                        self.store.add_many([u.task for u in batch])
+                        # Decided last, inside the transaction: a caller that gave up meanwhile (and
+                        # answered "retry later") must leave nothing behind.
+                        dropped = [u.task.id for u in batch if not any([i.seal() for i in u.intakes])]
+                        if dropped:
+                            self.store.delete(dropped)
+                    if dropped:
+                        log.warning("tasks withdrawn before commit, not saved", extra={"count": len(dropped)})
                 except BaseException as exc:
                     error = exc
                 finally:
                     self._intake.acquire()
                     self._flushing = False
-                for item in batch:
-                    del self._unsaved[item.id]
-                    if error is not None:
-                        self._unsaved_errors[item.id] = error
+                for unsaved in batch:
+                    unsaved.done, unsaved.error = True, error
+                    self._unsaved.pop(unsaved.task.source, None)
                 self._intake.notify_all()
             else:
                 self._intake.wait()
-        error = self._unsaved_errors.get(task.id)
+        if intake.withdrawn:
+            raise IntakeWithdrawnError("the caller withdrew before the tasks were saved; nothing was saved")
+        error = next((u.error for u in mine if u.error is not None), None)
         if error is not None:
-            raise error
+            raise error  # the transaction rolled back: nothing of this call was saved
 
     def get(self, task_id: str) -> Task:
         task = self.store.get(task_id)

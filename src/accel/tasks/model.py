@@ -27,6 +27,18 @@ class TaskStatus(enum.StrEnum):
         return not self.active
 
 
+class TaskStoreUnavailableError(AccelError):
+    """The task database refused or failed a write; nothing of that write was saved."""
+
+    code = "ERR_UNAVAILABLE"
+    status = 503
+    transient = True
+
+
+class IntakeWithdrawnError(TaskStoreUnavailableError):
+    """The caller gave up waiting for the write and withdrew it before it committed."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -7,8 +7,11 @@ the same task.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,11 +79,14 @@ class TaskStore(Protocol):
 
     def add(self, task: Task) -> None: ...
     def add_many(self, tasks: list[Task]) -> None: ...
+    def transaction(self) -> AbstractContextManager[None]: ...
+    def delete(self, task_ids: Sequence[str]) -> None: ...
     def save(self, task: Task) -> None: ...
     def save_if(self, task: Task, expected: TaskStatus) -> bool: ...
     def get(self, task_id: str) -> Task | None: ...
     def list_tasks(self, *, limit: int = 1000, status: TaskStatus | None = None) -> list[Task]: ...
     def find_active(self, source: str, driver_key: str) -> list[Task]: ...
+    def find_active_many(self, sources: Sequence[str], driver_key: str) -> dict[str, list[Task]]: ...
     def claim_next(self, now: float) -> Task | None: ...
     def next_wakeup(self) -> float | None: ...
     def requeue_interrupted(self, max_attempts: int) -> tuple[int, int]: ...
@@ -149,13 +155,33 @@ class SQLiteTaskStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        # Reentrant: add_many and delete run inside transaction() on the same thread.
+        self._lock = threading.RLock()
+        self._create_private()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._add_missing_columns()
+        # Reads go through their own connection: in WAL mode it sees only committed rows and is not held
+        # up by a write transaction, so webhooks can look for duplicates while a group commit is slow.
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._reader.row_factory = sqlite3.Row
+
+    def _create_private(self) -> None:
+        """The database (and its -wal/-shm files) are 0600 like the rest of work_dir: task sources and
+        reasons name private repositories. SQLite gives its side files the main file's mode."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for side in ("-wal", "-shm"):
+            extra = self.path.with_name(self.path.name + side)
+            if extra.exists():
+                extra.chmod(0o600)
 
     def _add_missing_columns(self) -> None:
         # Databases made by an earlier version lack the newer columns; every one has a default.
@@ -165,28 +191,47 @@ class SQLiteTaskStore:
                 self._db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {decl}")
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
 
     def add(self, task: Task) -> None:
         self.add_many([task])
 
     def add_many(self, tasks: list[Task]) -> None:
-        """Insert in one transaction with one fsync (the engine batches concurrent webhooks this way)."""
+        """Insert in one transaction with one fsync (the engine batches concurrent webhooks this way).
+
+        Inside :meth:`transaction` the rows become durable only when that transaction commits.
+        """
         marks = ",".join("?" * len(_COLUMNS))
         sql = f"INSERT INTO tasks ({','.join(_COLUMNS)}) VALUES ({marks})"
+        with self.transaction():
+            self._db.executemany(sql, [_to_row(t) for t in tasks])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One durable (fsync'ed) write transaction; nested use joins the outer one.
+
+        Commits when the block ends, rolls back when it raises. The store is locked for the duration.
+        """
         with self._lock:
+            if self._db.in_transaction:
+                yield
+                return
             self._db.execute("PRAGMA synchronous=FULL")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany(sql, [_to_row(t) for t in tasks])
+                    yield
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
             finally:
                 self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def delete(self, task_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM tasks WHERE id=?", [(i,) for i in task_ids])
 
     def save(self, task: Task) -> None:
         sets = ",".join(f"{c}=?" for c in _COLUMNS[1:])
@@ -224,6 +269,21 @@ class SQLiteTaskStore:
             (source, driver_key, *_ACTIVE),
         )
         return [_from_row(r) for r in rows]
+
+    def find_active_many(self, sources: Sequence[str], driver_key: str) -> dict[str, list[Task]]:
+        """:meth:`find_active` for many sources with one query per 500 (a large webhook's resources)."""
+        found: dict[str, list[Task]] = {}
+        unique = list(dict.fromkeys(sources))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = self._query(
+                f"SELECT * FROM tasks WHERE source IN ({','.join('?' * len(chunk))}) AND driver_key=? "
+                "AND status IN (?,?) ORDER BY rowid",
+                (*chunk, driver_key, *_ACTIVE),
+            )
+            for row in rows:
+                found.setdefault(row["source"], []).append(_from_row(row))
+        return found
 
     def claim_next(self, now: float) -> Task | None:
         with self._lock:
@@ -287,5 +347,7 @@ class SQLiteTaskStore:
         self._query("SELECT 1")
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()

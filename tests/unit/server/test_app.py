@@ -19,7 +19,7 @@ from accel.config import Config, parse_config
 from accel.errors import InvalidReferenceError
 from accel.metrics import Metrics
 from accel.server import create_app
-from accel.tasks import RetryPolicy, SQLiteTaskStore, TaskEngine
+from accel.tasks import SQLiteTaskStore, TaskEngine, TaskRetryPolicy
 from tests.unit.tasks.fake_converter import FakeConverter
 
 SECRET = "Bearer harbor-webhook-s3cret"
@@ -93,7 +93,7 @@ class Harness:
             self.fake,
             workers=2,
             metrics=self.metrics,
-            retry=RetryPolicy(max_attempts=2, backoff_initial=0.01),
+            retry=TaskRetryPolicy(max_attempts=2, backoff_initial=0.01),
         )
         self.app = create_app(self.config, self.engine, self.metrics, shutdown_grace=2)
 

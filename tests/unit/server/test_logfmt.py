@@ -44,3 +44,18 @@ def test_setup_logging_routes_uvicorn() -> None:
     logging.getLogger("accel.server").debug("hidden")
     lines = stream.getvalue().splitlines()
     assert lines == [lines[0]] and 'msg="Started server process" logger=uvicorn.error' in lines[0]
+
+
+def test_every_control_character_is_escaped() -> None:
+    hostile = "".join(map(chr, [*range(0x20), 0x7F, 0x85, 0x9B, 0x2028, 0x202E, 0x200B, 0xFEFF]))
+    hostile += "/x\x1b[31mRED" + b"\xff\xfe".decode("utf-8", "surrogateescape")
+    line = LogfmtFormatter().format(_record(hostile, path=hostile, error=ValueError(hostile)))
+    assert line.isprintable() and line.isascii()
+    line.encode("utf-8")  # no lone surrogate left: the line can be written
+    assert "\\x00\\x01" in line and "\\x1b[31mRED" in line and "\\x7f" in line and "\\u202e" in line
+    assert "\\udcff\\udcfe" in line and "\\t\\n\\x0b\\x0c\\r" in line
+
+
+def test_printable_text_is_unchanged() -> None:
+    line = LogfmtFormatter().format(_record("ok", reason='naïve "quote" \\ back'))
+    assert line.endswith('reason="naïve \\"quote\\" \\\\ back"')

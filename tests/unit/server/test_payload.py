@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -77,3 +78,33 @@ def test_child_manifest_detection() -> None:
     tagged = "harbor.dev/library/busybox:latest"
     assert not child_manifest(Resource(resource_url=tagged, tag="latest"), parse_reference(tagged))
     assert not child_manifest(Resource(resource_url=tagged), parse_reference(tagged))
+
+
+_PUSH = b'{"type": "PUSH_ARTIFACT", "operator": "admin"}'
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply"),
+        (b'{"type": "PUSH_ARTIFACT", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        (_PUSH.decode().encode("utf-16"), "not UTF-8"),
+        (_PUSH.decode().encode("utf-32"), "not UTF-8"),
+        (_PUSH.decode().encode("utf-16-le"), "invalid JSON body"),
+        (_PUSH.decode().encode("utf-16-be"), "invalid JSON body"),
+        (b"\xef\xbb\xbf" + _PUSH, "BOM"),
+        (b'{"type": "PUSH_ARTIFACT", "operator": "\xc3\x28"}', "not UTF-8"),
+        (b'{"type": "PUSH_ARTIFACT", "operator": "a\x00b"}', "control character"),
+        (b'{"type": "PUSH_ARTIFACT", "operator": "\\ud800"}', "lone surrogate \\ud800"),
+        (b'{"type": "PUSH_ARTIFACT", "\\udfff": 1}', "lone surrogate \\udfff"),
+    ],
+)
+def test_hostile_encodings_are_payload_errors(body: bytes, why: str) -> None:
+    with pytest.raises(PayloadError, match=re.escape(why)):
+        parse_event(body, "application/json")
+
+
+def test_escaped_nul_and_paired_surrogates_are_data() -> None:
+    event = parse_event(b'{"type": "PUSH_ARTIFACT", "operator": "a\\u0000\\ud83d\\ude00"}', "")
+    assert event.operator == "a\x00\U0001f600"

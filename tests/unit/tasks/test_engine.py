@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,11 +12,13 @@ import pytest
 from accel.errors import InvalidReferenceError, TransientRegistryError
 from accel.metrics import Metrics
 from accel.tasks import (
-    RetryPolicy,
+    Intake,
+    IntakeWithdrawnError,
     SQLiteTaskStore,
     Task,
     TaskEngine,
     TaskNotFoundError,
+    TaskRetryPolicy,
     TaskStateError,
     TaskStatus,
 )
@@ -23,7 +26,7 @@ from accel.tasks.model import utcnow
 from tests.unit.tasks.fake_converter import FakeConverter, digest_of
 
 SRC = "reg.example/library/busybox:latest"
-FAST = RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)
+FAST = TaskRetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)
 
 
 def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
@@ -304,7 +307,7 @@ def test_retention_purges_old_tasks(make_engine: Callable[..., TaskEngine], tmp_
 
 
 def test_retry_delay_grows_and_is_capped() -> None:
-    policy = RetryPolicy(max_attempts=10, backoff_initial=1.0, backoff_max=5.0)
+    policy = TaskRetryPolicy(max_attempts=10, backoff_initial=1.0, backoff_max=5.0)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
@@ -349,3 +352,104 @@ def test_failed_commit_is_reported_to_every_waiter(tmp_path: Path, fake: FakeCon
     with pytest.raises(OSError, match="disk full"):
         engine.submit(SRC)
     assert engine._unsaved == {}
+
+
+def test_submit_many_is_one_transaction_and_redelivery_adds_nothing(
+    make_engine: Callable[..., TaskEngine], fake: FakeConverter
+) -> None:
+    fake.gate = threading.Event()
+    engine = make_engine(workers=1)
+    commits: list[int] = []
+    original = engine.store.add_many
+
+    def counting(tasks: list[Task]) -> None:
+        commits.append(len(tasks))
+        original(tasks)
+
+    engine.store.add_many = counting  # type: ignore[method-assign]
+    engine.start()
+    requests = [(f"reg.example/app{n}:1", digest_of(f"reg.example/app{n}:1")) for n in range(300)]
+    first = engine.submit_many([*requests, requests[0]])
+    assert commits == [300] and [s.merged for s in first[:300]] == [False] * 300 and first[300].merged
+    until(fake.started.is_set)  # one task is PROCESSING, the rest PENDING: a redelivery merges into all
+    again = engine.submit_many(requests)
+    assert commits == [300] and all(s.merged for s in again)
+    assert [s.task.id for s in again] == [s.task.id for s in first[:300]]
+    assert len(engine.list_tasks(limit=1000)) == 300
+
+
+def test_withdrawn_intake_saves_nothing_unless_someone_else_wants_it(
+    make_engine: Callable[..., TaskEngine],
+) -> None:
+    engine = make_engine(workers=1)
+    entered, release = threading.Event(), threading.Event()
+    original = engine.store.add_many
+
+    def stalled(tasks: list[Task]) -> None:
+        entered.set()
+        assert release.wait(5)
+        original(tasks)
+
+    engine.store.add_many = stalled  # type: ignore[method-assign]
+    gave_up, patient = Intake(), Intake()
+    outcome: dict[str, object] = {}
+
+    def submit(name: str, intake: Intake, sources: list[str]) -> None:
+        try:
+            outcome[name] = engine.submit_many([(s, "") for s in sources], intake=intake)
+        except IntakeWithdrawnError as exc:
+            outcome[name] = exc
+
+    first = threading.Thread(target=submit, args=("gave_up", gave_up, ["reg.example/a:1", "reg.example/b:1"]))
+    first.start()
+    assert entered.wait(5)
+    assert gave_up.withdraw() and gave_up.withdraw()  # before the commit: nothing will be saved
+    release.set()
+    first.join(5)
+    assert isinstance(outcome["gave_up"], IntakeWithdrawnError)
+    assert engine.list_tasks() == []
+    # A task that a second caller also asked for is kept when only the first one withdraws.
+    entered.clear()
+    release.clear()
+    blocker = threading.Thread(target=submit, args=("blocker", Intake(), ["reg.example/z:1"]))
+    blocker.start()
+    assert entered.wait(5)  # the commit of z stalls; what follows queues for the next commit
+    withdrawing = Intake()
+    both = [
+        threading.Thread(target=submit, args=(name, intake, ["reg.example/a:1"]))
+        for name, intake in (("withdrawing", withdrawing), ("patient", patient))
+    ]
+    both[0].start()
+    until(lambda: engine._batch)
+    both[1].start()
+    until(lambda: len(engine._unsaved["reg.example/a:1"].intakes) == 2)
+    assert withdrawing.withdraw()
+    release.set()
+    for thread in (blocker, *both):
+        thread.join(5)
+    assert isinstance(outcome["withdrawing"], IntakeWithdrawnError)
+    [kept] = outcome["patient"]  # type: ignore[misc]
+    assert {t.source for t in engine.list_tasks()} == {"reg.example/a:1", "reg.example/z:1"}
+    assert kept.task.id in {t.id for t in engine.list_tasks()}
+    assert not patient.withdraw()  # sealed: its tasks are committed, the caller must report them
+
+
+def test_store_error_saves_nothing_and_reaches_the_caller(make_engine: Callable[..., TaskEngine]) -> None:
+    engine = make_engine()
+
+    def half_then_fail(tasks: list[Task]) -> None:
+        SQLiteTaskStore.add_many(engine.store, tasks[:1])  # type: ignore[arg-type]
+        raise OSError("disk full")
+
+    engine.store.add_many = half_then_fail  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        engine.submit_many([("reg.example/a:1", ""), ("reg.example/b:1", "")])
+    assert engine.list_tasks() == []  # the transaction rolled back the half that was written
+
+
+def test_tasks_db_is_private(tmp_path: Path) -> None:
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    store.add(Task(source=SRC))
+    for path in tmp_path.glob("tasks.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    store.close()
