@@ -16,7 +16,7 @@ from accel.errors import DigestMismatchError
 from accel.oci.manifest import Descriptor
 from tests.support.configs import make_config
 from tests.support.faultproxy import FaultProxy
-from tests.support.images import build_simple_image, push_layout
+from tests.support.images import build_rich_image, build_simple_image, push_layout
 from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
@@ -123,3 +123,42 @@ def test_a_layer_that_does_not_verify_converts_into_nothing(
             converter.convert(f"{fault_proxy.host}/{repo}:v1")
         assert converter.client.head_manifest(fault_proxy.host, repo, "v1-esgz") is None
         assert not converter.store.has(layer.digest)
+
+
+class UploadWatchingEStargz(EStargzDriver):
+    """Converts its second layer only once the first converted blob's upload has reached the registry."""
+
+    def __init__(self, upload: threading.Event, release: threading.Event) -> None:
+        super().__init__({})
+        self.upload, self.release = upload, release
+        self.seen_while_converting: list[bool] = []
+
+    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer[None]:
+        converted = super().convert_layer(layer, diff_id, ctx)
+        if not self.seen_while_converting:
+            self.seen_while_converting.append(False)
+        else:
+            # The bound is the test's patience: the old pipeline uploads nothing before every layer is done.
+            self.seen_while_converting.append(self.upload.wait(20))
+            self.release.set()
+        return converted
+
+
+def test_a_converted_layer_uploads_while_the_next_converts(
+    registry_plain: RegistryServer, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    repo = f"stream-{tmp_path.name.lower()}/app"
+    image = build_rich_image(tmp_path / "src")  # three layers
+    push_layout(image.layout, f"{registry_plain.host}/{repo}:v1", tls_verify=False)
+    held = fault_proxy.hold("PUT", rf"^/v2/{repo}/blobs/uploads/", after=0)
+    config = make_config(
+        tmp_path / "work", {fault_proxy.host: registry_plain.source()}, tag_suffix="-esgz", worker=1
+    )
+    driver = UploadWatchingEStargz(held.reached, held.release)
+    try:
+        with Converter(config, driver=driver) as converter:
+            result = converter.convert(f"{fault_proxy.host}/{repo}:v1")
+    finally:
+        held.release.set()
+    assert driver.seen_while_converting == [False, True, True]
+    assert result.timings["overlap"] > 0

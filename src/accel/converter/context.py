@@ -97,7 +97,7 @@ class ConversionIO:
                         self.origin(layer.digest).fetch_blob(layer, sink, counter.advance)
                         sink.commit()
                     counter.done("pulled")
-                    self.counters.add_time("pull", time.monotonic() - begin)
+                    self.counters.span("pull", begin, time.monotonic())
                 reader.finish()
             except BaseException as exc:  # the reader raises it; nothing else waits for this thread
                 if reader is None:
@@ -161,4 +161,4 @@ class ConversionIO:
                 self.origin(blob.digest).fetch_blob(blob, sink, counter.advance)
                 sink.commit()
             counter.done("pulled")
-            self.counters.add_time("pull", time.monotonic() - started)
+            self.counters.span("pull", started, time.monotonic())
