@@ -4,7 +4,9 @@ Faults match a method and a regex searched in the request path, and apply a give
 
 * ``fail(...)``: answer ``status`` (e.g. 500, or 429 with Retry-After) without contacting the upstream;
 * ``drop(...)``: send the headers and the first ``after`` bytes of the upstream's body, then close;
-* ``corrupt(...)``: pass the upstream answer on with one body byte changed (headers untouched).
+* ``corrupt(...)``: pass the upstream answer on with one body byte changed (headers untouched);
+* ``hold(...)``: send the headers and the first ``after`` bytes, then the rest once the test sets the
+  fault's ``release`` event (``reached`` is set when the first part is out).
 
 Every request is recorded, so tests can count e.g. blob GETs. Bodies are buffered: test-sized payloads only.
 """
@@ -16,7 +18,7 @@ import json
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +38,8 @@ class Fault:
     retry_after: str | None = None
     after: int = 0
     hits: int = 0
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 class FaultProxy:
@@ -84,6 +88,9 @@ class FaultProxy:
 
     def corrupt(self, method: str, pattern: str, times: int = 1) -> Fault:
         return self._add(Fault("corrupt", method, re.compile(pattern), times))
+
+    def hold(self, method: str, pattern: str, after: int, times: int = 1) -> Fault:
+        return self._add(Fault("hold", method, re.compile(pattern), times, after=after))
 
     def clear(self) -> None:
         with self._lock:
@@ -174,6 +181,13 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if fault is not None and fault.kind == "hold":
+                self.wfile.write(data[: fault.after])
+                self.wfile.flush()
+                fault.reached.set()
+                if not fault.release.wait(120):
+                    raise TimeoutError("held answer never released")
+                data = data[fault.after :]
             self.wfile.write(data)
 
         def _fail(self, fault: Fault) -> None:

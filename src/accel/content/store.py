@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -308,6 +308,7 @@ class BlobWriter:
         self._tmp = Path(name)
         self._file: BinaryIO | None = os.fdopen(fd, "w+b")
         self.committed: tuple[str, int] | None = None
+        self._watcher: Callable[[int], None] | None = None
 
     def __enter__(self) -> BlobWriter:
         return self
@@ -323,9 +324,22 @@ class BlobWriter:
         return self._file
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._open_file().write(data)
+        file = self._open_file()
+        file.write(data)
         self._digester.update(data)
+        if self._watcher is not None:
+            file.flush()
+            self._watcher(self._digester.size)
         return len(data)
+
+    def watch(self, watcher: Callable[[int], None] | None) -> None:
+        """Call ``watcher(size)`` after every write, once the bytes are on disk (``size`` 0 after a
+        restart); it may raise to stop the writing."""
+        self._watcher = watcher
+
+    def open_reader(self) -> int:
+        """A read-only descriptor of the blob being written; it stays valid after commit or discard."""
+        return os.open(self._tmp, os.O_RDONLY | os.O_CLOEXEC)
 
     def tell(self) -> int:
         return self._digester.size
@@ -336,6 +350,8 @@ class BlobWriter:
             raise ContentError("blob writer can only seek to 0 (restart)")
         self._open_file().seek(0)
         self._digester = _digest.Digester(self._digester.algorithm)
+        if self._watcher is not None:
+            self._watcher(0)
         return 0
 
     def truncate(self, size: int | None = None) -> int:

@@ -2,22 +2,34 @@
 
 Source layers are pulled lazily, only when a driver reads them, into the content store under the
 conversion's lease, so garbage collection never removes what a running conversion uses. Blobs that the
-layer cache located elsewhere (``origins``) are pulled from there.
+layer cache located elsewhere (``origins``) are pulled from there. A driver reads a layer while it is
+being pulled (a ``GrowingFile`` of the blob being written): decompressing and converting overlap the
+download, and the layer's end is only reached once its digest verified.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-from accel.content import BlobWriter, ContentStore, Lease
+from accel.content import BlobWriter, ContentStore, GrowingFile, Lease
 from accel.converter.progress import Counters
 from accel.converter.repositories import ImageRepository
 from accel.errors import CanceledError
 from accel.oci.manifest import Descriptor
+
+
+def _feeding(reader: GrowingFile) -> Callable[[int], None]:
+    def written(size: int) -> None:
+        if reader.abandoned:
+            raise CanceledError("the layer's reader stopped")
+        reader.advance_to(size)
+
+    return written
 
 
 class ConversionIO:
@@ -55,8 +67,49 @@ class ConversionIO:
     # ------------------------------------------------------------------ DriverContext
 
     def open_layer(self, layer: Descriptor) -> BinaryIO:
-        self.ensure_local(layer)
+        self.lease.add(layer.digest)
+        if not self.store.has(layer.digest):
+            self.check_canceled()
+            streaming = self._pull_in_background(layer)
+            if streaming is not None:
+                return cast(BinaryIO, streaming)
         return self.store.open(layer.digest)
+
+    def _pull_in_background(self, layer: Descriptor) -> GrowingFile | None:
+        """Start pulling ``layer`` in a thread of its own and return a reader of the bytes as they come;
+        None when the blob turned out to be in the store (another pull, maybe of another process, holds
+        the digest's fetch lock until it has committed)."""
+        started: queue.SimpleQueue[GrowingFile | BaseException | None] = queue.SimpleQueue()
+
+        def pull() -> None:
+            reader: GrowingFile | None = None
+            try:
+                with self.store.fetch_lock(layer.digest):
+                    if self.store.has(layer.digest):
+                        started.put(None)
+                        return
+                    begin = time.monotonic()
+                    counter = self.counters.blob("pull", layer)
+                    with self.store.writer(layer.digest, layer.size, lease=self.lease) as sink:
+                        reader = GrowingFile(sink.open_reader(), layer.size)
+                        sink.watch(_feeding(reader))
+                        started.put(reader)
+                        self.origin(layer.digest).fetch_blob(layer, sink, counter.advance)
+                        sink.commit()
+                    counter.done("pulled")
+                    self.counters.span("pull", begin, time.monotonic())
+                reader.finish()
+            except BaseException as exc:  # the reader raises it; nothing else waits for this thread
+                if reader is None:
+                    started.put(exc)
+                else:
+                    reader.finish(exc)
+
+        threading.Thread(target=pull, name=f"pull-{layer.digest[7:19]}", daemon=True).start()
+        first = started.get()
+        if isinstance(first, BaseException):
+            raise first
+        return first
 
     def new_blob(self) -> BlobWriter:
         return self.store.writer(lease=self.lease)
@@ -108,4 +161,4 @@ class ConversionIO:
                 self.origin(blob.digest).fetch_blob(blob, sink, counter.advance)
                 sink.commit()
             counter.done("pulled")
-            self.counters.add_time("pull", time.monotonic() - started)
+            self.counters.span("pull", started, time.monotonic())

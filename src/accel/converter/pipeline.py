@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -53,6 +53,9 @@ from accel.registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
+_UPLOADS = 4
+"""Blob uploads at once per converter (the network's share; a registry serves a few streams well)."""
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -78,6 +81,10 @@ class Converter:
         # Layers of one image convert in parallel; formats use threads inside too, so more than the cores
         # only adds memory.
         self.layer_workers = max(1, min(config.converter.worker, os.cpu_count() or 1))
+        # One scheduler per converter: layers of every image it converts share the cores; uploads wait on
+        # the network, so they have threads of their own and start as soon as a layer is converted.
+        self.layer_pool = ThreadPoolExecutor(self.layer_workers, thread_name_prefix="layer")
+        self.upload_pool = ThreadPoolExecutor(_UPLOADS, thread_name_prefix="upload")
         self.scratch_dir = Path(config.provider.work_dir) / "tmp"
         cache_size = config.provider.cache_size
         self.cache = (
@@ -85,6 +92,8 @@ class Converter:
         )
 
     def close(self) -> None:
+        self.layer_pool.shutdown(wait=True, cancel_futures=True)
+        self.upload_pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
         if self.cache is not None:
             self.cache.close()
@@ -267,7 +276,8 @@ class _Conversion:
         self.cache_hits = 0
         self.cache_misses = 0
         self._count_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(converter.layer_workers, thread_name_prefix="layer")
+        self._uploads: dict[str, Future[None]] = {}
+        self._uploads_lock = threading.Lock()
 
     def _remote_cache(self) -> RemoteCache | None:
         config = self.converter.config
@@ -284,20 +294,32 @@ class _Conversion:
             config.provider.cache_size or 200,
         )
 
-    def _map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    def _map(self, pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         if len(items) <= 1:
             return [fn(item) for item in items]
-        futures = [self._pool.submit(fn, item) for item in items]
-        try:
-            return [f.result() for f in futures]
-        finally:
-            for f in futures:
-                f.cancel()
+        return _results([pool.submit(fn, item) for item in items])
+
+    def _upload(self, blob: Descriptor) -> Future[None]:
+        """The upload of ``blob`` to the target, started once."""
+        with self._uploads_lock:
+            future = self._uploads.get(blob.digest)
+            if future is None:
+                future = self._uploads[blob.digest] = self.converter.upload_pool.submit(self._push_blob, blob)
+            return future
+
+    def _end_uploads(self) -> None:
+        """After a failure: uploads not started never will be; running ones finish before the lease goes."""
+        with self._uploads_lock:
+            futures = list(self._uploads.values())
+        for future in futures:
+            future.cancel()
+        wait(futures)
 
     # ------------------------------------------------------------------ the run
 
     def execute(self, target_name: str, target_tag: str) -> ConversionResult:
         source_name, source_digest = self.resolved.reference, self.resolved.digest
+        failed = True
         try:
             self._check_target(target_name, target_tag)
             document = parse_manifest(self.resolved.data, self.resolved.media_type)
@@ -310,7 +332,7 @@ class _Conversion:
                 pushable = self._convert_manifest(document, source_digest, None)
                 pushables = [pushable]
                 top = self._single_top(pushable)
-            self.counters.add_time("convert", time.monotonic() - convert_started)
+            self.counters.span("convert", convert_started, time.monotonic())
             if top is None:
                 # Only referrers are added (SOCI v1): they must live beside their subject.
                 self.target = self.source
@@ -318,11 +340,13 @@ class _Conversion:
                 self._check_target(target_name, target_tag)
             push_started = time.monotonic()
             target_digest = self._push(top, pushables, target_tag) or source_digest
-            self.counters.add_time("push", time.monotonic() - push_started)
+            self.counters.span("push", push_started, time.monotonic())
             self.caches.record([(p.platform, p.source_layers) for p in pushables])
             self.counters.finish()
+            failed = False
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if failed:
+                self._end_uploads()
         return ConversionResult(
             source=source_name,
             target=source_name if top is None else target_name,
@@ -332,7 +356,7 @@ class _Conversion:
             target_size=sum(_image_size(p.image.manifest) for p in pushables),
             driver=self.driver.name,
             driver_version=self.driver.version,
-            timings={k: round(v, 3) for k, v in self.counters.seconds.items()},
+            timings=self.counters.timings(),
             bytes_in=self.counters.bytes["pull"],
             bytes_out=self.counters.bytes["push"],
             notes=list(self.notes),
@@ -396,7 +420,8 @@ class _Conversion:
                 f"{source_name}: config lists {len(diff_ids)} diff_ids for {len(manifest.layers)} layers"
             )
         self.counters.expect("pull", manifest.layers)
-        converted = self._map(self._layer, list(zip(manifest.layers, diff_ids, strict=True)))
+        pairs = list(zip(manifest.layers, diff_ids, strict=True))
+        converted = self._map(self.converter.layer_pool, self._layer, pairs)
         layers = [layer for layer, _ in converted]
         for _, notes in converted:
             self.notes.extend(notes)
@@ -420,13 +445,16 @@ class _Conversion:
                 else:
                     self.cache_hits += 1
             if cached is not None:
+                self._upload(cached.descriptor)
                 return cached, io.notes
         try:
             converted = self.driver.convert_layer(layer, diff_id, io)
         except FormatError as exc:
             raise exc.in_layer(layer.digest) from exc
         if self.driver.caches_layers:
+            # A new blob: its upload overlaps the conversion of the next layers.
             self.caches.remember(layer.digest, self._entry(converted))
+            self._upload(converted.descriptor)
         return converted, io.notes
 
     def _cached(self, layer: Descriptor) -> ConvertedLayer[Any] | None:
@@ -545,8 +573,8 @@ class _Conversion:
         self.counters.expect("push", blobs.values())
         configs = {d.config.digest for d in [*documents, *(a.manifest for a in artifacts)]}
         # Layers first, then configs: a config is what makes a manifest's content look complete.
-        self._map(self._push_blob, [b for d, b in blobs.items() if d not in configs])
-        self._map(self._push_blob, [b for d, b in blobs.items() if d in configs])
+        _results([self._upload(b) for d, b in blobs.items() if d not in configs])
+        _results([self._upload(b) for d, b in blobs.items() if d in configs])
         self.io.check_canceled()
         if isinstance(top, Index):
             for manifest in documents:
@@ -580,6 +608,7 @@ class _Conversion:
 
     def _push_blob(self, blob: Descriptor) -> None:
         self.io.check_canceled()
+        started = time.monotonic()
         origin = self.io.origin(blob.digest)
 
         def open_source() -> BinaryIO:
@@ -600,7 +629,17 @@ class _Conversion:
         counter = self.counters.blob("push", blob)
         outcome = self.target.push_blob(blob, open_source, origin, counter.advance, verified)
         counter.done(outcome)
+        self.counters.span("push", started, time.monotonic())
         log.debug("blob %s: %s", blob.digest, outcome)
+
+
+def _results(futures: list[Future[R]]) -> list[R]:
+    """Every future's result, in order; on the first failure the ones not started are canceled."""
+    try:
+        return [f.result() for f in futures]
+    finally:
+        for f in futures:
+            f.cancel()
 
 
 def _entries(own: Descriptor, image: ConvertedImage) -> list[Descriptor]:

@@ -50,7 +50,7 @@ class Counters:
         self._lock = threading.Lock()
         self.bytes: dict[str, int] = dict.fromkeys(STAGES, 0)
         self.skipped: dict[str, dict[str, int]] = {name: {} for name in STAGES}
-        self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._spans: dict[str, tuple[float, float]] = {}
         self._totals: dict[str, int | None] = {}
         self._expected: dict[str, dict[str, int]] = {name: {} for name in STAGES}
         self._counted: dict[str, dict[str, int]] = {name: {} for name in STAGES}
@@ -113,9 +113,27 @@ class Counters:
             for digest, size in expected.items():
                 self._count(name, digest, size, size, NOT_NEEDED)
 
-    def add_time(self, name: str, seconds: float) -> None:
+    def span(self, name: str, start: float, end: float) -> None:
+        """Work of stage ``name`` ran from ``start`` to ``end`` (monotonic seconds); a stage's time is from
+        its first start to its last end."""
         with self._lock:
-            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            first, last = self._spans.get(name, (start, end))
+            self._spans[name] = (min(first, start), max(last, end))
+
+    def timings(self) -> dict[str, float]:
+        """Wall seconds of every stage that ran, and ``overlap``: how much of them ran at the same time
+        (their sum less the time any stage was running), so ``pull + convert + push - overlap`` is the
+        time the stages took together."""
+        with self._lock:
+            spans = dict(self._spans)
+        out = {name: 0.0 for name in STAGES}
+        out.update({name: round(end - start, 3) for name, (start, end) in spans.items()})
+        busy, reach = 0.0, float("-inf")
+        for start, end in sorted(spans.values()):
+            busy += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+        out["overlap"] = round(max(0.0, sum(end - start for start, end in spans.values()) - busy), 3)
+        return out
 
 
 class BlobCounter:
