@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import os
 import re
+import selectors
 import subprocess
 import threading
 import time
@@ -99,9 +100,9 @@ class LazyStack:
     def namespace(self) -> str:
         return f"lazy{next(self._names)}"
 
-    def rpull(self, ref: str, namespace: str, prefetch: int = 0, timeout: float = 120) -> str:
+    def rpull(self, ref: str, namespace: str, timeout: float = 120) -> str:
         """Pull ``ref`` through the stargz snapshotter (layers become FUSE mounts); returns its digest."""
-        args = ["-address", str(self.containerd.socket), "-namespace", namespace, "-prefetch", str(prefetch)]
+        args = ["-address", str(self.containerd.socket), "-namespace", namespace]
         proc = subprocess.run(
             [str(self.helper), "rpull", *args, ref],
             capture_output=True,
@@ -131,6 +132,8 @@ class LazyStack:
             except subprocess.TimeoutExpired:
                 self.snapshotter.kill()
                 self.snapshotter.wait()
+            if self.snapshotter.stdout is not None:
+                self.snapshotter.stdout.close()
             # The helper unmounts its layers on SIGTERM; this catches a helper that died first.
             _unmount_all(self.snapshotter_root)
 
@@ -142,14 +145,17 @@ def start_lazy_stack(helper: Path, root: Path, *, background_fetch: bool = False
     args = [str(helper), "serve", "-root", str(root / "stargz"), "-address", str(socket)]
     if background_fetch:
         args.append("-background-fetch")
-    log = (root / "snapshotter.log").open("wb")
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+    with (root / "snapshotter.log").open("wb") as log:
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
     assert process.stdout is not None
-    # The helper prints "ready" once its socket listens (or exits, closing stdout).
-    ready = process.stdout.readline()
+    # The helper prints "ready" once its socket listens, or exits (closing stdout) when it cannot.
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        ready = process.stdout.readline() if selector.select(timeout=60) else b""
     if ready.strip() != b"ready":
         process.kill()
         process.wait()
+        process.stdout.close()
         raise RuntimeError(f"lazysnap serve did not start: {(root / 'snapshotter.log').read_text()[-2000:]}")
     try:
         containerd = start_containerd(root / "containerd", {SNAPSHOTTER: socket})
@@ -171,7 +177,7 @@ def run_container(
     timeout: float = 120,
 ) -> ContainerRun:
     """``ctr run --rm`` of ``args`` in ``ref``; the container is killed and removed if it outlives
-    ``timeout``. Timing starts when ctr is started."""
+    ``timeout`` (then ctr exits non-zero). Timing starts when ctr is started."""
     assert CTR is not None
     name = f"c{time.monotonic_ns()}"
     base = [CTR, "-a", str(containerd.socket), "-n", namespace]
@@ -203,8 +209,12 @@ def run_container(
 
 
 def _kill_container(base: list[str], name: str, proc: subprocess.Popen[bytes]) -> None:
+    # Killing the task lets `ctr run --rm` remove the task and container itself (and the shim exit).
     subprocess.run([*base, "task", "kill", "-s", "KILL", name], capture_output=True, check=False, timeout=30)
-    proc.kill()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 # ---------------------------------------------------------------------------------------- byte counting

@@ -117,7 +117,8 @@ func rpull(args []string) {
 	address := flags.String("address", "", "containerd's socket")
 	namespace := flags.String("namespace", "default", "containerd namespace")
 	snapshotter := flags.String("snapshotter", "stargz", "the proxy snapshotter's name in containerd's config")
-	prefetch := flags.Int64("prefetch", 0, "bytes to prefetch of a layer that has no prefetch landmark")
+	// ctr-remote's value: it applies only to layers without a landmark, which our converters never write.
+	prefetch := flags.Int64("prefetch", 10<<20, "bytes to prefetch of a layer that has no prefetch landmark")
 	_ = flags.Parse(args)
 	if *address == "" || flags.NArg() != 1 {
 		die("usage: lazysnap rpull -address SOCK [-namespace NS] REF")
