@@ -138,13 +138,20 @@ class LazyStack:
             _unmount_all(self.snapshotter_root)
 
 
-def start_lazy_stack(helper: Path, root: Path, *, background_fetch: bool = False) -> LazyStack:
-    """Start the snapshotter helper, then containerd with it as the ``stargz`` proxy plugin."""
+def start_lazy_stack(
+    helper: Path, root: Path, *, background_fetch: bool = False, sync_cache: bool = True
+) -> LazyStack:
+    """Start the snapshotter helper, then containerd with it as the ``stargz`` proxy plugin.
+
+    ``sync_cache`` commits fetched data to the snapshotter's cache before a read returns (the library's
+    default commits in the background, so a read racing a prefetch may fetch the same bytes twice)."""
     root.mkdir(parents=True, exist_ok=True)
     socket = root / "snapshotter.sock"
     args = [str(helper), "serve", "-root", str(root / "stargz"), "-address", str(socket)]
     if background_fetch:
         args.append("-background-fetch")
+    if sync_cache:
+        args.append("-sync-cache")
     with (root / "snapshotter.log").open("wb") as log:
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
     assert process.stdout is not None

@@ -1,7 +1,7 @@
 // Command lazysnap runs Debian's stargz-snapshotter library as a containerd proxy snapshotter, and pulls
 // images through it, for the project's lazy-pull tests and benchmark.
 //
-//	lazysnap serve -root DIR -address SOCK [-background-fetch]
+//	lazysnap serve -root DIR -address SOCK [-background-fetch] [-sync-cache]
 //	lazysnap rpull -address CONTAINERD_SOCK [-namespace NS] [-snapshotter NAME] [-prefetch BYTES] REF
 //
 // Every registry is reached over plain HTTP: the tests' registries listen on loopback only.
@@ -66,6 +66,7 @@ func serve(args []string) {
 	root := flags.String("root", "", "state directory")
 	address := flags.String("address", "", "unix socket to serve the snapshots API on")
 	background := flags.Bool("background-fetch", false, "fetch whole layers in the background after a mount")
+	syncCache := flags.Bool("sync-cache", false, "commit fetched data to the cache before the read returns")
 	_ = flags.Parse(args)
 	if *root == "" || *address == "" {
 		die("serve needs -root and -address")
@@ -74,6 +75,9 @@ func serve(args []string) {
 	// Background fetch downloads every layer whole seconds after a mount, so it is off unless asked for:
 	// what a container start needs is what the tests measure.
 	cfg := fsconfig.Config{NoBackgroundFetch: !*background, NoPrometheus: true}
+	// By default the cache commits in the background, so a read soon after a prefetch may miss it and
+	// fetch the same bytes again; counts that must be exact ask for synchronous commits.
+	cfg.DirectoryCacheConfig.SyncAdd = *syncCache
 	getSources := source.FromDefaultLabels(func(spec reference.Spec) ([]docker.RegistryHost, error) {
 		return plainHosts(spec.Hostname())
 	})
