@@ -80,11 +80,18 @@ class Containerd:
             self.process.wait()
 
 
-def start_containerd(root: Path) -> Containerd:
-    """Start containerd with state under ``root`` (CRI off). Raises RuntimeError when it cannot start."""
+def start_containerd(root: Path, snapshot_proxies: dict[str, Path] | None = None) -> Containerd:
+    """Start containerd with state under ``root`` (CRI off). Raises RuntimeError when it cannot start.
+
+    ``snapshot_proxies`` names proxy snapshotters (name -> the unix socket they serve the snapshots API on).
+    """
     assert CONTAINERD is not None
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.toml"
+    proxies = "".join(
+        f'[proxy_plugins.{name}]\n  type = "snapshot"\n  address = "{socket}"\n'
+        for name, socket in (snapshot_proxies or {}).items()
+    )
     config.write_text(
         "version = 2\n"
         f'root = "{root / "root"}"\n'
@@ -96,7 +103,7 @@ def start_containerd(root: Path) -> Containerd:
         "  deletion_threshold = 0\n"
         "  mutation_threshold = 1000000000\n"
         '  schedule_delay = "0s"\n'
-        '  startup_delay = "1h"\n'
+        '  startup_delay = "1h"\n' + proxies
     )
     log = (root / "containerd.log").open("wb")
     process = subprocess.Popen([CONTAINERD, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
