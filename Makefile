@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The demo needs a registry, skopeo and the default eStargz compressor; the tests also need the reference
 # tools and the Go libraries their verifiers are built from.
 DEMO_PACKAGES := docker-registry skopeo libdeflate0
-TEST_PACKAGES := $(DEMO_PACKAGES) erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev
+TEST_PACKAGES := $(DEMO_PACKAGES) erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev golang-github-hanwen-go-fuse-dev runc
 
 .PHONY: demo test lint typecheck unit bench system-deps demo-deps clean
 
