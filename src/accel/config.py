@@ -198,6 +198,9 @@ class ConverterConfig(_Strict):
     overwrite: bool = False
     """*new*: move a target tag even when it holds something this service did not make from the same
     source with the same driver (``accelctl convert --force``)."""
+    verify: bool = False
+    """*new*: check the converted image as ``accelctl check`` does before its tag moves; a failed check
+    fails the conversion and tags nothing."""
 
     @property
     def platform_list(self) -> list[str]:

@@ -20,7 +20,10 @@ EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_FAILED: "the conversion failed (registry, format, driver), or acceld refused the request",
+    EXIT_FAILED: (
+        "the conversion failed (registry, format, driver), `accelctl check` found a problem, "
+        "or acceld refused the request"
+    ),
     EXIT_USAGE: "usage, configuration or image reference error; nothing was contacted or written",
     EXIT_UNREACHABLE: "`accelctl task ...`: acceld cannot be reached at `--addr`",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",

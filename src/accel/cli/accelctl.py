@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from accel import __version__
@@ -15,9 +16,9 @@ from accel.cli import tasks
 from accel.cli.logs import demote_http_client_logs
 from accel.cli.progress import BarProgress, LogProgress
 from accel.config import Config, DriverConfig, Rule, load_config
-from accel.converter import ConversionResult, Converter
+from accel.converter import CheckReport, ConversionResult, Converter
 from accel.drivers import available_drivers, create_driver
-from accel.errors import EXIT_INTERRUPTED, EXIT_OK, AccelError, ConfigError
+from accel.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, AccelError, ConfigError
 from accel.oci.platform import Platform
 
 
@@ -59,6 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="image reference (host/repo:tag, host/repo@digest, oci:PATH[:TAG])")
     convert.set_defaults(func=_convert)
 
+    check = commands.add_parser(
+        "check", help="verify a converted image: every layer by its format, its files against the source"
+    )
+    check.add_argument(
+        "--config", help="config naming the registries and credentials (default: OCI layouts only)"
+    )
+    check.add_argument(
+        "--source", help="compare with this image (default: the source named in our annotations)"
+    )
+    check.add_argument(
+        "--no-source", action="store_true", help="check the layers only, without comparing file trees"
+    )
+    check.add_argument(
+        "--lazy",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="read these files through each layer's index with ranged requests only, and count the bytes",
+    )
+    check.add_argument("--output", choices=("text", "json"), default="text", help="report format")
+    check.add_argument("target", help="the converted image (host/repo:tag, host/repo@digest, oci:PATH:TAG)")
+    check.set_defaults(func=_check)
+
     tasks.register(commands)
     return parser
 
@@ -98,6 +122,42 @@ def _convert(args: argparse.Namespace) -> int:
         result = converter.convert(args.source, target=args.target, progress=progress)
     _print_summary(result, args.output)
     return EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.config:
+        config = load_config(args.config)
+    else:
+        work_dir = Path("~/.cache/acceleration-service").expanduser()
+        config = Config.model_validate(
+            {"provider": {"work_dir": work_dir}, "converter": {"driver": {"type": "oci"}}}
+        )
+    with Converter(config) as converter:
+        report = converter.check(args.target, source=args.source, compare=not args.no_source, lazy=args.lazy)
+    if args.output == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_check(report)
+    if report.ok:
+        return EXIT_OK
+    failures = report.failures
+    first = failures[0].describe() if failures else "the target holds no image"
+    print(f"accelctl: error: check failed: {first}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _print_check(report: CheckReport) -> None:
+    print(f"target  {report.target}  {report.target_digest}")
+    for image in report.images:
+        print(
+            f"image   {image.manifest_digest}  {image.platform or '-'}"
+            + (f"  from {image.source}" if image.source else "")
+        )
+        for finding in image.findings:
+            mark = "ok  " if finding.ok else "FAIL"
+            where = f" (entry {finding.entry})" if finding.entry else ""
+            print(f"  {mark}  {finding.subject:<80.80}  {finding.check:<18}  {finding.detail}{where}")
+    print("result  " + ("every check passed" if report.ok else f"{len(report.failures)} check(s) failed"))
 
 
 def _print_summary(result: ConversionResult, output: str) -> None:

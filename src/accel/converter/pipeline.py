@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, TypeVar
 from accel.config import Config
 from accel.content import ContentStore, Lease
 from accel.converter.cache import CachedLayer, CacheSession, LayerCache, RemoteCache, RemoteRecord
+from accel.converter.check import CheckReport, CheckSource, ImageChecker, check_reference, is_soci_index
 from accel.converter.context import ConversionIO
 from accel.converter.progress import (
     ConversionResult,
@@ -179,6 +180,25 @@ class Converter:
             return digest
         return None
 
+    # ------------------------------------------------------------------------------------------ check
+
+    def check(
+        self,
+        target: str,
+        *,
+        source: str | None = None,
+        compare: bool = True,
+        lazy: Sequence[str] = (),
+    ) -> CheckReport:
+        """Check a converted image (``accelctl check``): every layer by its format's reader, unless
+        ``compare`` is off its file tree against ``source`` (default: the source our annotations name),
+        and the ``lazy`` paths read through the layers' indexes as a lazy-pulling snapshotter would."""
+        resolved = self.resolve(target)
+        given = self.resolve(source) if source else None
+        with self.store.lease() as lease:
+            checker = ImageChecker(self.store, lease, self.scratch_dir)
+            return check_reference(self.client, checker, resolved, source=given, compare=compare, lazy=lazy)
+
     # ------------------------------------------------------------------------------------------ convert
 
     def convert(
@@ -237,7 +257,12 @@ class _Pushable:
     image: ConvertedImage
     source_size: int
     platform: Platform | None
-    source_layers: list[str]
+    source: Manifest
+    source_digest: str
+
+    @property
+    def source_layers(self) -> list[str]:
+        return [layer.digest for layer in self.source.layers]
 
 
 class _Conversion:
@@ -429,8 +454,7 @@ class _Conversion:
         finished = self.driver.finish_image(image, layers, appended, self.io)
         self.notes.extend(self.io.notes)
         self.io.notes.clear()
-        sources = [layer.digest for layer in manifest.layers]
-        return _Pushable(finished, _image_size(manifest), image.platform, sources)
+        return _Pushable(finished, _image_size(manifest), image.platform, manifest, digest)
 
     def _layer(self, pair: tuple[Descriptor, str]) -> tuple[ConvertedLayer[Any], list[str]]:
         """One layer, from the cache or from the driver, with the notes the driver made of it."""
@@ -576,6 +600,9 @@ class _Conversion:
         _results([self._upload(b) for d, b in blobs.items() if d not in configs])
         _results([self._upload(b) for d, b in blobs.items() if d in configs])
         self.io.check_canceled()
+        if self.converter.config.converter.verify:
+            # Before any manifest: a referrer (SOCI v1) is visible as soon as it is pushed.
+            self._verify(pushables)
         if isinstance(top, Index):
             for manifest in documents:
                 self._push_document(manifest.to_bytes(), manifest.media_type or mt.OCI_MANIFEST)
@@ -587,6 +614,30 @@ class _Conversion:
         data = top.to_bytes()
         self.target.put_manifest(data, top.media_type or mt.OCI_MANIFEST, tag)
         return Descriptor.of(data, top.media_type or mt.OCI_MANIFEST).digest
+
+    def _verify(self, pushables: list[_Pushable]) -> None:
+        """``converter.verify``: check every converted image as ``accelctl check`` does, from what was
+        uploaded (blobs this run wrote are read from the content store, not downloaded again)."""
+        started = time.monotonic()
+        checker = ImageChecker(self.store, self.io.lease, self.converter.scratch_dir)
+        reports = []
+        for p in pushables:
+            manifest = p.image.manifest
+            digest = Descriptor.of(manifest.to_bytes(), manifest.media_type or mt.OCI_MANIFEST).digest
+            indexes = [a.manifest for a in p.image.artifacts if is_soci_index(a.manifest)]
+            source = CheckSource(self.source, p.source, f"{self.resolved.reference}@{p.source_digest}")
+            reports.append(
+                checker.check_image(self.target, manifest, digest, soci_indexes=indexes, source=source)
+            )
+        self.counters.span("verify", started, time.monotonic())
+        failures = [f for report in reports for f in report.findings if not f.ok]
+        if failures:
+            raise ConversionError(
+                f"the converted image failed its check ({failures[0].describe()}); nothing was tagged",
+                notes=[f.describe() for f in failures],
+            )
+        checks = sum(len(report.findings) for report in reports)
+        self.notes.append(f"verify: {checks} checks passed")
 
     def _push_document(self, data: bytes, media_type: str) -> str:
         digest = Descriptor.of(data, media_type).digest

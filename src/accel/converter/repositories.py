@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from accel.content import BlobWriter
-from accel.errors import DigestMismatchError, NotFoundError
+from accel.errors import ConversionError, DigestMismatchError, NotFoundError
 from accel.oci import digest as digests
 from accel.oci.layout import OCILayout
 from accel.oci.manifest import Descriptor
@@ -52,6 +52,11 @@ class ImageRepository(ABC):
     @abstractmethod
     def read_blob(self, digest: str) -> bytes:
         """A small blob (a config), verified."""
+
+    @abstractmethod
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of a blob from ``offset``, unverified (a lazy reader checks them against the
+        digests its format records)."""
 
     @abstractmethod
     def fetch_blob(self, descriptor: Descriptor, sink: BlobWriter, progress: Progress | None) -> None:
@@ -110,6 +115,9 @@ class RegistryRepository(ImageRepository):
 
     def read_blob(self, digest: str) -> bytes:
         return self.client.get_blob(self.host, self.repository, digest)
+
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        return self.client.read_blob_range(self.host, self.repository, digest, offset, length)
 
     def fetch_blob(self, descriptor: Descriptor, sink: BlobWriter, progress: Progress | None) -> None:
         self.client.pull_blob(
@@ -197,6 +205,14 @@ class LayoutRepository(ImageRepository):
 
     def open_local(self, digest: str) -> BinaryIO | None:
         return self.layout.open_blob(digest) if self.layout.has_blob(digest) else None
+
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        with self.layout.open_blob(digest) as blob:
+            blob.seek(offset)
+            data = blob.read(length)
+        if len(data) != length:
+            raise ConversionError(f"{self.describe()}: blob {digest} has no bytes {offset}+{length}")
+        return data
 
     def fetch_blob(self, descriptor: Descriptor, sink: BlobWriter, progress: Progress | None) -> None:
         digester = digests.Digester.for_digest(descriptor.digest)

@@ -63,6 +63,8 @@ class EStargzDriver(PlainDriver):
             chunk_size=int_option(options, "chunk_size", estargz.DEFAULT_CHUNK_SIZE, minimum=1),
             min_chunk_size=int_option(options, "min_chunk_size", 0),
             prioritized_files=list_option(options, "prioritized_files"),
+            # Each layer holds some of the image's files: one missing from a layer is a note, as upstream.
+            allow_prioritize_not_found=True,
             threads=int_option(options, "threads", 0),
             backend=backend,
         )

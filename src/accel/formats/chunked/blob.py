@@ -57,7 +57,8 @@ def as_blob(obj: BlobReader | bytes | BinaryIO) -> BlobReader:
 
 
 class BlobStream(io.RawIOBase):
-    """A blob read from its start as a stream (to decompress the whole of it)."""
+    """A blob as a file: read from its start to decompress the whole of it, or seek first for readers
+    that take a seekable file (each read is one ``read_at``)."""
 
     def __init__(self, reader: BlobReader) -> None:
         self._reader = reader
@@ -66,9 +67,20 @@ class BlobStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._reader.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
     def readinto(self, buf: WriteableBuffer, /) -> int:
         view = memoryview(buf).cast("B")
-        data = self._reader.read_at(self._pos, min(len(view), self._reader.size - self._pos))
+        data = self._reader.read_at(self._pos, max(0, min(len(view), self._reader.size - self._pos)))
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)

@@ -34,7 +34,7 @@ from accel.formats.estargz.builder import (
     build_layout,
 )
 from accel.formats.estargz.footer import FOOTER_SIZE, encode_footer, parse_footer
-from accel.formats.estargz.reader import Blob, is_estargz, open_blob, verify
+from accel.formats.estargz.reader import Blob, is_estargz, open_blob, read_file, verify
 from accel.formats.estargz.toc import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
@@ -72,5 +72,6 @@ __all__ = [
     "libdeflate_available",
     "open_blob",
     "parse_footer",
+    "read_file",
     "verify",
 ]

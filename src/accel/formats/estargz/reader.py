@@ -210,11 +210,31 @@ def _check_structure(blob: Blob) -> dict[str, TOCEntry]:
     return by_name
 
 
+def _member_ends(blob: Blob) -> dict[int, int]:
+    """Where each chunk's compressed member(s) end: at the next chunk's offset, the last one at the TOC."""
+    offsets = sorted(
+        {e.offset for e in blob.entries if e.type == "chunk" or (e.type == "reg" and e.size > 0)}
+    )
+    return dict(zip(offsets, [*offsets[1:], blob.toc_offset], strict=True))
+
+
+def _read_chunk(blob: Blob, entry: TOCEntry, owner: TOCEntry, ends: dict[int, int]) -> bytes:
+    """One chunk of ``owner`` through its own member(s), checked against its chunkDigest."""
+    size = _chunk_size(entry, owner)
+    try:
+        data = _decompress_range(blob, entry.offset, ends[entry.offset], size)
+    except FormatError as exc:
+        raise FormatError(f"chunk at {entry.chunkOffset}: {exc.reason}", entry=owner.name) from None
+    if len(data) != size:
+        raise FormatError(f"chunk at {entry.chunkOffset} is short", entry=owner.name)
+    if "sha256:" + hashlib.sha256(data).hexdigest() != entry.chunkDigest:
+        raise FormatError(f"chunk at {entry.chunkOffset} does not match chunkDigest", entry=owner.name)
+    return data
+
+
 def _check_chunks(blob: Blob) -> tuple[int, int]:
     """Read every chunk through its own member(s) and check chunkDigest and each file's digest."""
-    pieces = [e for e in blob.entries if e.type == "chunk" or (e.type == "reg" and e.size > 0)]
-    offsets = sorted({e.offset for e in pieces})
-    next_offset = {off: nxt for off, nxt in zip(offsets, [*offsets[1:], blob.toc_offset], strict=True)}
+    ends = _member_ends(blob)
     chunks = chunk_bytes = 0
     owner: TOCEntry | None = None
     whole = hashlib.sha256()
@@ -227,16 +247,37 @@ def _check_chunks(blob: Blob) -> tuple[int, int]:
                 continue
             owner, whole = entry, hashlib.sha256()
         assert owner is not None
-        size = _chunk_size(entry, owner)
-        data = _decompress_range(blob, entry.offset, next_offset[entry.offset], size)
-        if len(data) != size:
-            raise FormatError(f"chunk at {entry.chunkOffset} is short", entry=owner.name)
-        if "sha256:" + hashlib.sha256(data).hexdigest() != entry.chunkDigest:
-            raise FormatError(f"chunk at {entry.chunkOffset} does not match chunkDigest", entry=owner.name)
+        data = _read_chunk(blob, entry, owner, ends)
         whole.update(data)
         chunks += 1
-        chunk_bytes += size
+        chunk_bytes += len(data)
     return chunks, chunk_bytes
+
+
+def read_file(blob: Blob, name: str) -> bytes:
+    """A regular file's content through the TOC, reading only its chunks' members (what a lazy reader
+    fetches with ranged requests); each chunk is checked against its chunkDigest, the whole against its
+    digest. A hard link is followed to its target."""
+    wanted = clean_name(name)
+    position = {clean_name(e.name): i for i, e in enumerate(blob.entries) if e.type != "chunk"}
+    index = position.get(wanted)
+    if index is not None and blob.entries[index].type == "hardlink":
+        index = position.get(clean_name(blob.entries[index].linkName))
+    if index is None or blob.entries[index].type != "reg":
+        raise FormatError("not a regular file in the TOC", entry=name)
+    owner = blob.entries[index]
+    if owner.size == 0:
+        return b""
+    ends = _member_ends(blob)
+    parts = [_read_chunk(blob, owner, owner, ends)]
+    for entry in blob.entries[index + 1 :]:
+        if entry.type != "chunk":
+            break
+        parts.append(_read_chunk(blob, entry, owner, ends))
+    data = b"".join(parts)
+    if "sha256:" + hashlib.sha256(data).hexdigest() != owner.digest:
+        raise FormatError("file content does not match its digest", entry=owner.name)
+    return data
 
 
 def _plain_stream(blob: Blob) -> BinaryIO:

@@ -18,10 +18,10 @@ from accel.formats.nydus.blob import (
     verify_chunk_digests,
 )
 from accel.formats.nydus.builder import LayerBuild, Options, build_layer
-from accel.formats.nydus.describe import blob_layout, bootstrap_layout, file_tree
+from accel.formats.nydus.describe import blob_layout, bootstrap_layout, file_records, file_tree
 from accel.formats.nydus.merge import merge
-from accel.formats.nydus.packaging import bootstrap_layer_tar
-from accel.formats.nydus.reader import Bootstrap, read_bootstrap, to_tree
+from accel.formats.nydus.packaging import bootstrap_from_layer, bootstrap_layer_tar
+from accel.formats.nydus.reader import Bootstrap, read_bootstrap, read_file, to_tree
 from accel.formats.nydus.reader_v5 import V5Bootstrap, read_bootstrap_v5
 from accel.formats.nydus.validate import validate
 
@@ -33,15 +33,18 @@ __all__ = [
     "V5Bootstrap",
     "blob_layout",
     "blob_meta_file",
+    "bootstrap_from_layer",
     "bootstrap_layer_tar",
     "bootstrap_layout",
     "build_layer",
     "extract_via_toc",
+    "file_records",
     "file_tree",
     "merge",
     "read_blob",
     "read_bootstrap",
     "read_bootstrap_v5",
+    "read_file",
     "stripped_blob_id",
     "to_tree",
     "validate",

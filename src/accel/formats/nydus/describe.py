@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import stat
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from accel.errors import FormatError
+from accel.formats.filetree import FileRecord
 from accel.formats.nydus import constants as c
 from accel.formats.nydus.blob import BlobFile
 from accel.formats.nydus.reader import Bootstrap, chunk_ranges, file_type_name
@@ -206,3 +209,38 @@ def file_sha256(bs: Bootstrap, nid: int, devices: Sequence[bytes]) -> str:
     for blob_index, offset, length in chunk_ranges(bs, bs.inodes[nid]):
         h.update(devices[blob_index][offset : offset + length])
     return h.hexdigest()
+
+
+def file_records(bs: Bootstrap, blobs: Sequence[BlobFile]) -> dict[str, FileRecord]:
+    """The bootstrap's tree as :class:`FileRecord` per path, contents hashed from ``blobs`` (in the order
+    of the bootstrap's blob table), for comparison with the tree of the image's source layers."""
+    at_offset = [{ci.uncompressed_offset: i for i, ci in enumerate(blob.chunks)} for blob in blobs]
+    compressors = [c.COMPRESSORS[entry.compression_algo] for entry in bs.blobs]
+    out: dict[str, FileRecord] = {}
+    for path, nid in bs.entries:
+        rec = bs.inodes[nid]
+        ino = rec.inode
+        name = path.decode("utf-8", "surrogateescape")
+        kind = file_type_name(ino.mode)
+        record = FileRecord(
+            kind,
+            stat.S_IMODE(ino.mode),
+            ino.uid,
+            ino.gid,
+            xattrs=tuple(sorted((k.decode("utf-8", "surrogateescape"), v) for k, v in rec.xattrs)),
+        )
+        if kind == "reg":
+            digest = hashlib.sha256()
+            for blob_index, offset, length in chunk_ranges(bs, rec):
+                index = at_offset[blob_index].get(offset)
+                if index is None:
+                    raise FormatError(f"no chunk of blob {blob_index} starts at {offset}", entry=name)
+                digest.update(blobs[blob_index].chunk_data(index, compressors[blob_index])[:length])
+            record = replace(record, size=ino.size, sha256=digest.hexdigest())
+        elif kind == "symlink":
+            record = replace(record, target=(rec.symlink or b"").decode("utf-8", "surrogateescape"))
+        elif kind in ("chr", "blk"):
+            dev = ino.i_u
+            record = replace(record, rdev=((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)))
+        out[name] = record
+    return out

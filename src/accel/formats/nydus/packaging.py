@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from accel.errors import FormatError
+from accel.formats.streams import ByteSource
+from accel.formats.tar import TarReader, clean_path
 from accel.formats.tarwriter import END_OF_ARCHIVE, GoHeader, encode_header, padding
 
 BOOTSTRAP_NAME = "image/image.boot"
@@ -27,3 +29,13 @@ def bootstrap_layer_tar(bootstrap: bytes, blob_metas: Sequence[tuple[str, bytes]
         parts.append(padding(len(data)))
     parts.append(END_OF_ARCHIVE)
     return b"".join(parts)
+
+
+def bootstrap_from_layer(tar: ByteSource) -> bytes:
+    """The bootstrap in a bootstrap layer (``tar``: the layer, uncompressed), where nydus-snapshotter
+    looks for it."""
+    reader = TarReader(tar)
+    for entry in reader:
+        if clean_path(entry.name) == BOOTSTRAP_NAME:
+            return b"".join(iter(lambda: reader.read(1 << 20), b""))
+    raise FormatError(f"the bootstrap layer has no {BOOTSTRAP_NAME}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
+from accel.formats.nydus.chunkcodec import decompress, digest_of
 from accel.formats.nydus.ondisk import (
     BlobEntry,
     ChunkAddr,
@@ -380,6 +381,37 @@ def chunk_ranges(bs: Bootstrap, rec: InodeRecord) -> Iterator[tuple[int, int, in
         n = min(bs.chunk_size, remaining)
         yield addr.blob_index, addr.blkaddr * c.BLOCK_SIZE, n
         remaining -= n
+
+
+def read_file(bs: Bootstrap, path: str, read_range: Callable[[int, int, int], bytes]) -> bytes:
+    """A regular file's content through the bootstrap: each chunk is fetched from its blob with
+    ``read_range(blob_index, offset, length)`` (what nydusd asks of a registry), decompressed and checked
+    against the chunk table's digest."""
+    wanted = "/" + path.strip("/")
+    try:
+        rec = bs.inode_at(wanted.encode("utf-8", "surrogateescape"))
+    except KeyError:
+        raise FormatError("not in the bootstrap", entry=path) from None
+    if not stat.S_ISREG(rec.inode.mode):
+        raise FormatError("not a regular file in the bootstrap", entry=path)
+    by_start = {(ch.blob_index, ch.uncompressed_offset): ch for ch in bs.chunk_table}
+    compressors = [c.COMPRESSORS[entry.compression_algo] for entry in bs.blobs]
+    digesters = [c.DIGESTERS[entry.digest_algo] for entry in bs.blobs]
+    parts = []
+    for blob_index, offset, length in chunk_ranges(bs, rec):
+        ch = by_start.get((blob_index, offset))
+        if ch is None:
+            raise FormatError(f"no chunk of blob {blob_index} starts at {offset}", entry=path)
+        raw = read_range(blob_index, ch.compressed_offset, ch.compressed_size)
+        data = (
+            decompress(compressors[blob_index], raw, ch.uncompressed_size)
+            if ch.flags & c.CHUNK_COMPRESSED
+            else raw
+        )
+        if digest_of(digesters[blob_index], data) != ch.digest:
+            raise FormatError(f"chunk at {offset} of blob {blob_index} does not match its digest", entry=path)
+        parts.append(data[:length])
+    return b"".join(parts)
 
 
 def to_tree(bs: Bootstrap) -> Node:

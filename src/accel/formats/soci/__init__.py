@@ -9,7 +9,7 @@ follows soci-snapshotter's sources: ``ztoc/ztoc.go``, ``ztoc/toc_builder.go`` an
   byte-identical to soci-snapshotter's ``ztoc`` package (with TZ=UTC): ``.to_bytes()``, ``.digest``,
   ``.size``.
 * :func:`read_ztoc` decodes one; :func:`verify_ztoc` checks a zTOC against its layer; :func:`extract` reads
-  uncompressed bytes through the checkpoints.
+  uncompressed bytes through the checkpoints, :func:`read_file` one file's.
 * :mod:`accel.formats.soci.index` builds the v1/v2 SOCI index manifests and the v2 SOCI-enabled image as
   :mod:`accel.oci.manifest` documents (``Descriptor``, ``Manifest``, ``Index``, ``Platform``).
 """
@@ -20,7 +20,7 @@ from accel.formats.soci.builder import (
     DEFAULT_SPAN_SIZE,
     build_ztoc,
 )
-from accel.formats.soci.extract import extract
+from accel.formats.soci.extract import extract, read_file
 from accel.formats.soci.index import (
     EMPTY_CONFIG,
     EMPTY_CONFIG_DIGEST,
@@ -61,6 +61,7 @@ __all__ = [
     "extract",
     "layer_compression",
     "plan_layers",
+    "read_file",
     "read_ztoc",
     "referrers_index",
     "should_disable_xattrs",

@@ -11,6 +11,7 @@ from accel.errors import FormatError
 from accel.formats.soci import _zlib
 from accel.formats.soci.zinfo import Checkpoint, decode_gzip_zinfo
 from accel.formats.soci.ztoc import GZIP, Ztoc
+from accel.formats.tar import clean_path
 
 _OUT = 1 << 18
 _GZIP_TRAILER = 8
@@ -113,3 +114,16 @@ def extract(ztoc: Ztoc, layer: BinaryIO, offset: int, size: int) -> bytes:
     if len(data) != size:
         raise FormatError(f"layer ends before uncompressed offset {offset + size}")
     return data
+
+
+def read_file(ztoc: Ztoc, name: str, layer: BinaryIO) -> bytes:
+    """A regular file's content through the zTOC, inflated from the checkpoint before it: the spans
+    soci-snapshotter fetches for it, read from ``layer`` (seekable; a ranged reader will do). A hard link
+    is followed to its target."""
+    by_name = {clean_path(m.name): m for m in ztoc.toc}
+    meta = by_name.get(clean_path(name))
+    if meta is not None and meta.type == "hardlink":
+        meta = by_name.get(clean_path(meta.linkname))
+    if meta is None or meta.type != "reg":
+        raise FormatError("not a regular file in the zTOC", entry=name)
+    return extract(ztoc, layer, meta.uncompressed_offset, meta.uncompressed_size)

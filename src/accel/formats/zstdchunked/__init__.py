@@ -30,6 +30,7 @@ from accel.formats.zstdchunked.reader import (
     StorageBlob,
     is_storage_zstdchunked,
     open_storage_blob,
+    read_file,
     verify_storage,
 )
 from accel.formats.zstdchunked.stargz import build_stargz
@@ -95,5 +96,6 @@ __all__ = [
     "build",
     "is_storage_zstdchunked",
     "open_storage_blob",
+    "read_file",
     "verify_storage",
 ]

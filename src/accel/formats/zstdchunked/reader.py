@@ -20,7 +20,7 @@ import zstandard
 
 from accel.errors import FormatError
 from accel.formats.chunked import BlobReader, BlobStream, VerifyResult, as_blob
-from accel.formats.tar import TarReader
+from accel.formats.tar import TarReader, clean_path
 from accel.formats.zstdchunked.frames import (
     SKIPPABLE_HEADER_SIZE,
     SKIPPABLE_MAGIC,
@@ -174,6 +174,24 @@ def _file_content(blob: StorageBlob, meta: dict[str, Any], pieces: list[dict[str
             covered += length
         if covered != size:
             raise FormatError(f"chunks cover {covered} of {size} bytes", entry=name)
+    return data
+
+
+def read_file(blob: StorageBlob, name: str) -> bytes:
+    """A regular file's content through the manifest, reading only its frames (what a partial pull
+    fetches with ranged requests), checked against its digest. A hard link is followed to its target."""
+    by_name = {clean_path(e["name"]): e for e in blob.entries if e.get("type") != "chunk"}
+    meta = by_name.get(clean_path(name))
+    if meta is not None and meta.get("type") == "hardlink":
+        meta = by_name.get(clean_path(meta.get("linkName", "")))
+    if meta is None or meta.get("type") != "reg":
+        raise FormatError("not a regular file in the manifest", entry=name)
+    size = meta.get("size", 0)
+    if size == 0:
+        return b""
+    data = _frames(blob.reader, meta.get("offset", 0), meta.get("endOffset", 0), size, meta["name"])
+    if len(data) != size or "sha256:" + hashlib.sha256(data).hexdigest() != meta.get("digest"):
+        raise FormatError("content does not match the TOC digest", entry=meta["name"])
     return data
 
 
