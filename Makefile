@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The demo needs a registry, skopeo and the default eStargz compressor; the tests also need the reference
-# tools and the Go libraries their verifiers are built from.
+# tools, the Go libraries their verifiers are built from, and the browser the dashboard is tested in.
 DEMO_PACKAGES := docker-registry skopeo libdeflate0
-TEST_PACKAGES := $(DEMO_PACKAGES) erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev golang-github-hanwen-go-fuse-dev runc
+TEST_PACKAGES := $(DEMO_PACKAGES) erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev golang-github-hanwen-go-fuse-dev runc chromium chromium-driver
 
 .PHONY: demo test lint typecheck unit bench system-deps demo-deps clean
 

@@ -299,6 +299,7 @@ class _Conversion:
         )
         self.notes: list[str] = []
         self.cache_hits = 0
+        self.cache_saved = 0
         self.cache_misses = 0
         self._count_lock = threading.Lock()
         self._uploads: dict[str, Future[None]] = {}
@@ -388,6 +389,7 @@ class _Conversion:
             platforms=[str(p.platform) for p in pushables if p.platform is not None],
             cache_hits=self.cache_hits,
             cache_misses=self.cache_misses,
+            cache_saved=self.cache_saved,
         )
 
     def _check_target(self, target_name: str, tag: str) -> None:
@@ -468,6 +470,7 @@ class _Conversion:
                     self.cache_misses += 1
                 else:
                     self.cache_hits += 1
+                    self.cache_saved += layer.size
             if cached is not None:
                 self._upload(cached.descriptor)
                 return cached, io.notes

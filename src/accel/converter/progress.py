@@ -173,6 +173,8 @@ class ConversionResult:
     platforms: list[str] = field(default_factory=list)
     cache_hits: int = 0
     cache_misses: int = 0
+    cache_saved: int = 0
+    """Source layer bytes the cache hits spared from download and conversion."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,10 +27,12 @@ from accel import __version__
 from accel.config import Config
 from accel.errors import AccelError
 from accel.metrics import CONTENT_TYPE_LATEST, Metrics
-from accel.server import auth
+from accel.server import auth, ui
 from accel.server.payload import (
+    REFERENCE_PATTERN,
     CloudEvent,
     HarborEvent,
+    PayloadError,
     Reference,
     Resource,
     child_manifest,
@@ -73,6 +75,33 @@ class TaskView(BaseModel):
     attempts: int
     cache_hits: int
     cache_misses: int
+    cache_saved: int
+    bytes_in: int
+    bytes_out: int
+    timings: dict[str, float]
+
+
+class SummaryView(BaseModel):
+    since: str
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    canceled: int
+    bytes_in: int
+    bytes_out: int
+    cache_saved: int
+    success_rate: float | None
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        max_length=4096,
+        pattern=REFERENCE_PATTERN,
+        description="host/repository[:tag][@digest] on a configured registry",
+    )
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -202,6 +231,8 @@ def _services(request: Request) -> Services:
 
 
 def _require_api(request: Request, services: Annotated[Services, Depends(_services)]) -> None:
+    if request.method not in ("GET", "HEAD"):
+        auth.check_same_origin(request.headers)
     auth.check_api(services.config, request.headers.get("authorization"), _client_host(request))
 
 
@@ -329,6 +360,51 @@ def retry_conversion(services: _Services, task_id: str) -> Response:
 
 
 @router.get(
+    "/api/v1/summary",
+    response_model=SummaryView,
+    responses=_errors(401, 403),
+    dependencies=_API_AUTH,
+)
+def summary(services: _Services) -> Response:
+    """The queue now and the tasks that finished in the last 24 hours (the dashboard's tiles)."""
+    return JSONResponse(services.engine.summary().to_dict())
+
+
+@router.post(
+    "/api/v1/submit",
+    response_model=list[TaskView],
+    responses=_errors(400, 401, 403, 413, 415),
+    dependencies=_API_AUTH,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SubmitRequest"}}},
+        }
+    },
+)
+async def submit_conversion(request: Request, services: _Services) -> Response:
+    """Queue a conversion of ``source`` (``host/repo:tag`` or ``@digest``), as a push of it would: what
+    ``accelctl task create`` and the dashboard's "convert an image" do. Answers the tasks it maps to."""
+    _check_json_media_type(request.headers.get("content-type"))
+    body = await _read_body(request, services.max_body)
+    try:
+        wanted = SubmitRequest.model_validate_json(body)
+    except ValueError:
+        raise PayloadError('expected {"source": "host/repository[:tag][@digest]"}') from None
+    ref = parse_reference(wanted.source)
+    if auth.find_source(services.config, ref.host) is None:
+        # Not a malformed request but one this service may not act on: only configured hosts are contacted.
+        raise auth.ForbiddenError(f"registry host {ref.host!r} is not a configured source (provider.source)")
+    submitted = await run_in_threadpool(
+        services.engine.submit_many, [(wanted.source, ref.digest)], intake=Intake()
+    )
+    for item in submitted:
+        services.metrics.webhook_events.labels("merged" if item.merged else "queued").inc()
+        log.info("task submitted", extra={"task": item.task.id, "source": wanted.source})
+    return JSONResponse([_view(item.task) for item in submitted])
+
+
+@router.get(
     "/api/v1/health",
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(500)},
@@ -387,7 +463,7 @@ class _App(FastAPI):
                 title=self.title, version=self.version, description=self.description, routes=self.routes
             )
             _, defs = models_json_schema(
-                [(HarborEvent, "validation"), (CloudEvent, "validation")],
+                [(HarborEvent, "validation"), (CloudEvent, "validation"), (SubmitRequest, "validation")],
                 ref_template="#/components/schemas/{model}",
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
@@ -427,6 +503,8 @@ def create_app(
         version=__version__,
         description="Converts OCI images pushed to Harbor into lazy-pulling formats.",
         lifespan=lifespan,
+        docs_url=None,  # served by accel.server.ui from the package, not from a CDN
+        redoc_url=None,
     )
     app.state.services = Services(config, engine, metrics, max_body)
     listen = (
@@ -438,6 +516,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal)
     app.include_router(router)
+    ui.mount(app)
     if config.metric.enabled:
         app.include_router(metrics_router)
     return app

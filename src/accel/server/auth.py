@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from accel.config import Config, SourceConfig
 from accel.errors import AccelError
@@ -81,6 +83,21 @@ def check_api(config: Config, header: str | None, client_host: str | None) -> No
         raise ForbiddenError(
             "server.api_token is not configured: the task API only serves loopback and unix-socket clients"
         )
+
+
+def check_same_origin(headers: Mapping[str, str]) -> None:
+    """Refuse a state-changing request a browser sent on behalf of another site (CSRF).
+
+    Browsers name the requesting site in ``Sec-Fetch-Site`` and ``Origin``; other clients (accelctl,
+    curl, Harbor) send neither and are let through. This matters when ``server.api_token`` is empty and
+    loopback clients need no token: without it any page an operator opens could cancel tasks.
+    """
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise ForbiddenError(f"cross-site request refused (Sec-Fetch-Site: {site[:20]})")
+    origin = headers.get("origin")
+    if origin is not None and (origin == "null" or urlsplit(origin).netloc != headers.get("host")):
+        raise ForbiddenError(f"cross-origin request refused (Origin: {origin[:100]})")
 
 
 def _local(client_host: str | None) -> bool:

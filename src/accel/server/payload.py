@@ -23,6 +23,12 @@ _REFERENCE = re.compile(
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>[A-Za-z0-9_+.-]+:[0-9a-fA-F]{32,}))?$"
 )
 
+#: What ``parse_reference`` accepts, as a JSON Schema pattern (no named groups; sha256 digests only).
+REFERENCE_PATTERN = (
+    rf"^{_HOST}(?::[0-9]{{1,5}})?/{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
 
 class PayloadError(AccelError):
     """The webhook body is not a Harbor event we can read."""

@@ -8,6 +8,7 @@ from accel.tasks.model import (
     TaskStateError,
     TaskStatus,
     TaskStoreUnavailableError,
+    TaskSummary,
 )
 from accel.tasks.store import SQLiteTaskStore, TaskStore
 
@@ -25,4 +26,5 @@ __all__ = [
     "TaskStatus",
     "TaskStore",
     "TaskStoreUnavailableError",
+    "TaskSummary",
 ]

@@ -26,6 +26,7 @@ from accel.tasks.model import (
     TaskNotFoundError,
     TaskStateError,
     TaskStatus,
+    TaskSummary,
     utcnow,
 )
 from accel.tasks.store import TaskStore
@@ -69,6 +70,8 @@ class Result(Protocol):
     def cache_hits(self) -> int: ...
     @property
     def cache_misses(self) -> int: ...
+    @property
+    def cache_saved(self) -> int: ...
 
 
 class ConverterLike(Protocol):
@@ -346,6 +349,10 @@ class TaskEngine:
     def list_tasks(self, *, limit: int = 1000, status: TaskStatus | None = None) -> list[Task]:
         return self.store.list_tasks(limit=limit, status=status)
 
+    def summary(self, window: timedelta = timedelta(hours=24)) -> TaskSummary:
+        """The queue now and what finished within ``window``."""
+        return self.store.summary(utcnow() - window)
+
     def cancel(self, task_id: str) -> Task:
         """PENDING tasks are canceled at once; PROCESSING ones at the converter's next check."""
         task = self.get(task_id)
@@ -528,6 +535,9 @@ class TaskEngine:
         task.target, task.target_digest = result.target, result.target_digest
         task.source_size, task.target_size = result.source_size, result.target_size
         task.cache_hits, task.cache_misses = result.cache_hits, result.cache_misses
+        task.cache_saved = result.cache_saved
+        task.bytes_in, task.bytes_out = result.bytes_in, result.bytes_out
+        task.timings = dict(result.timings)
         if metrics is not None:
             metrics.op_duration.labels("convert").observe(result.timings.get("total", elapsed))
             metrics.observe_conversion(dict(result.timings), result.bytes_in, result.bytes_out)

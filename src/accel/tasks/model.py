@@ -80,6 +80,10 @@ class Task:
     attempts: int = 0
     cache_hits: int = 0  # converted layers taken from the layer cache
     cache_misses: int = 0  # layers converted because the cache had nothing usable
+    cache_saved: int = 0  # source layer bytes the cache hits spared from download and conversion
+    bytes_in: int = 0  # bytes pulled from the source registry
+    bytes_out: int = 0  # bytes pushed to the target
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage (pull, convert, ...)
     # Unix time before which a PENDING task is not picked up (retry backoff, waiting for a duplicate).
     not_before: float = 0.0
 
@@ -90,6 +94,33 @@ class Task:
         for key in ("created", "started", "finished"):
             data[key] = format_time(getattr(self, key))
         data["status"] = self.status.value
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSummary:
+    """The queue now and the tasks finished since ``since``: what acceld's dashboard tiles show."""
+
+    since: datetime
+    pending: int = 0
+    processing: int = 0
+    completed: int = 0
+    failed: int = 0
+    canceled: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    cache_saved: int = 0
+
+    @property
+    def success_rate(self) -> float | None:
+        """Completed of completed and failed (canceled ones say nothing of the service), None when none."""
+        decided = self.completed + self.failed
+        return self.completed / decided if decided else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["since"] = format_time(self.since)
+        data["success_rate"] = self.success_rate
         return data
 
 

@@ -7,6 +7,7 @@ the same task.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from accel.tasks.model import Task, TaskStatus, format_time, parse_time
+from accel.tasks.model import Task, TaskStatus, TaskSummary, format_time, parse_time
 
 _ACTIVE = (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
 _FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELED.value)
@@ -40,11 +41,19 @@ _COLUMNS = (
     "not_before",
     "cache_hits",
     "cache_misses",
+    "cache_saved",
+    "bytes_in",
+    "bytes_out",
+    "timings",
 )
 
 _ADDED_COLUMNS = {
     "cache_hits": "INTEGER NOT NULL DEFAULT 0",
     "cache_misses": "INTEGER NOT NULL DEFAULT 0",
+    "cache_saved": "INTEGER NOT NULL DEFAULT 0",
+    "bytes_in": "INTEGER NOT NULL DEFAULT 0",
+    "bytes_out": "INTEGER NOT NULL DEFAULT 0",
+    "timings": "TEXT NOT NULL DEFAULT '{}'",
 }
 
 _SCHEMA = """
@@ -66,7 +75,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0,
     cache_hits INTEGER NOT NULL DEFAULT 0,
-    cache_misses INTEGER NOT NULL DEFAULT 0
+    cache_misses INTEGER NOT NULL DEFAULT 0,
+    cache_saved INTEGER NOT NULL DEFAULT 0,
+    bytes_in INTEGER NOT NULL DEFAULT 0,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
+    timings TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, not_before);
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks (source, driver_key, status);
@@ -91,6 +104,7 @@ class TaskStore(Protocol):
     def next_wakeup(self) -> float | None: ...
     def requeue_interrupted(self, max_attempts: int) -> tuple[int, int]: ...
     def count(self, status: TaskStatus) -> int: ...
+    def summary(self, since: datetime) -> TaskSummary: ...
     def purge_finished(self, before: datetime) -> int: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
@@ -116,6 +130,10 @@ def _to_row(task: Task) -> tuple[Any, ...]:
         task.not_before,
         task.cache_hits,
         task.cache_misses,
+        task.cache_saved,
+        task.bytes_in,
+        task.bytes_out,
+        json.dumps(task.timings),
     )
 
 
@@ -141,6 +159,10 @@ def _from_row(row: sqlite3.Row) -> Task:
         not_before=row["not_before"],
         cache_hits=row["cache_hits"],
         cache_misses=row["cache_misses"],
+        cache_saved=row["cache_saved"],
+        bytes_in=row["bytes_in"],
+        bytes_out=row["bytes_out"],
+        timings=json.loads(row["timings"]),
     )
 
 
@@ -335,6 +357,30 @@ class SQLiteTaskStore:
 
     def count(self, status: TaskStatus) -> int:
         return int(self._query("SELECT COUNT(*) FROM tasks WHERE status=?", (status.value,))[0][0])
+
+    def summary(self, since: datetime) -> TaskSummary:
+        counts: dict[str, int] = {}
+        sums = [0, 0, 0]
+        rows = self._query(
+            "SELECT status, COUNT(*), SUM(bytes_in), SUM(bytes_out), SUM(cache_saved) FROM tasks "
+            "WHERE status IN (?,?) OR (status IN (?,?,?) AND finished>=?) GROUP BY status",
+            (*_ACTIVE, *_FINAL, format_time(since)),
+        )
+        for row in rows:
+            counts[row[0]] = int(row[1])
+            if row[0] in _FINAL:
+                sums = [total + int(value or 0) for total, value in zip(sums, row[2:], strict=True)]
+        return TaskSummary(
+            since,
+            pending=counts.get(TaskStatus.PENDING.value, 0),
+            processing=counts.get(TaskStatus.PROCESSING.value, 0),
+            completed=counts.get(TaskStatus.COMPLETED.value, 0),
+            failed=counts.get(TaskStatus.FAILED.value, 0),
+            canceled=counts.get(TaskStatus.CANCELED.value, 0),
+            bytes_in=sums[0],
+            bytes_out=sums[1],
+            cache_saved=sums[2],
+        )
 
     def purge_finished(self, before: datetime) -> int:
         with self._lock:

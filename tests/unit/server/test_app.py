@@ -5,7 +5,6 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +100,6 @@ class Harness:
         return TestClient(self.app, client=(host, 40000), raise_server_exceptions=False)
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    yield Harness(tmp_path)
-
-
-@pytest.fixture
-def client(harness: Harness) -> Iterator[TestClient]:
-    with harness.client() as c:
-        yield c
-
-
 def webhook(client: TestClient, payload: Any = DEFAULT_PAYLOAD, auth: str | None = SECRET, **kw: Any) -> Any:
     headers = {"Authorization": auth} if auth is not None else {}
     headers.update(kw.pop("headers", {}))
@@ -142,6 +130,7 @@ def test_default_payload_queues_a_task(client: TestClient, harness: Harness) -> 
     assert set(task) == {
         "id", "created", "started", "finished", "source", "target", "source_digest", "target_digest",
         "driver", "source_size", "target_size", "status", "reason", "attempts", "cache_hits", "cache_misses",
+        "cache_saved", "bytes_in", "bytes_out", "timings",
     }  # fmt: skip
     assert harness.fake.conversions == ["harbor.dev/library/busybox:latest"]
 
