@@ -167,6 +167,11 @@ class ServerConfig(_Strict):
     api_token: str = Field(default="", repr=False)
     task_retention: float = Field(default=86400.0, gt=0)  # seconds finished tasks are kept
     shutdown_grace: float = Field(default=30.0, ge=0)  # seconds in-flight conversions may finish on stop
+    task_lease: float = Field(default=30.0, gt=0)
+    """*new*: seconds a node's claim on a running task lasts without a heartbeat (renewed every third of
+    it). A task whose node died runs again, on another node or on the restarted one, once it expired."""
+    node: str = ""
+    """*new*: this node's id in task records (empty: the host name and a random suffix)."""
 
     @field_validator("port", mode="before")
     @classmethod

@@ -188,7 +188,8 @@ class Acceld:
 
 def base_config(root: Path, **server: Any) -> dict[str, Any]:
     return {
-        "server": {"host": "127.0.0.1", "port": free_port(), "api_token": TOKEN, **server},
+        # A short lease: a killed daemon's tasks are taken back (by the restarted one) within seconds.
+        "server": {"host": "127.0.0.1", "port": free_port(), "api_token": TOKEN, "task_lease": 2, **server},
         "metric": {"enabled": True},
         "provider": {"work_dir": str(root / "work"), "source": {HOST: {"webhook": {"auth_header": SECRET}}}},
         "converter": {"worker": 2, "driver": {"type": "estargz"}, "rules": [{"tag_suffix": "-fake"}]},
@@ -279,6 +280,68 @@ def test_sigkill_during_conversions_loses_nothing(make_acceld: Callable[..., Acc
     tasks = daemon.wait_all_final(6)
     assert len(tasks) == 6 and all(t["status"] == "COMPLETED" for t in tasks), tasks
     assert sorted(daemon.conversions) == sorted(image(n) for n in range(6))
+
+
+def two_nodes(tmp_path: Path, delay: str) -> tuple[Acceld, Acceld]:
+    """Two acceld processes sharing one work_dir (one task database), each with a node id of its own."""
+    config = base_config(tmp_path, task_lease=1.5)
+    nodes = []
+    for name in ("node-a", "node-b"):
+        root = tmp_path / name
+        root.mkdir()
+        server = {**config["server"], "port": free_port(), "node": name}
+        nodes.append(Acceld(root, {**config, "server": server}, {"FAKE_CONVERTER_DELAY": delay}))
+    return nodes[0], nodes[1]
+
+
+def test_a_killed_node_loses_its_tasks_to_the_other(tmp_path: Path) -> None:
+    a, b = two_nodes(tmp_path, delay="1.0")
+    try:
+        a.start()
+        b.start()
+        for n in range(6):
+            assert a.webhook(push_event(image(n))).status_code == 200
+        running = until(
+            lambda: [t["id"] for t in b.tasks() if t["status"] == "PROCESSING" and t["node"] == "node-a"],
+            10,
+            "a conversion running on node-a",
+        )
+        a.signal(signal.SIGKILL)
+        a.wait(10)
+        tasks = b.wait_all_final(6, timeout=60)
+        assert all(t["status"] == "COMPLETED" for t in tasks), tasks
+        taken = {t["id"]: t["node"] for t in tasks if t["id"] in running}
+        assert set(taken.values()) == {"node-b"}, taken
+        assert set(b.conversions) == {image(n) for n in range(6)}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_cancel_from_another_node_stops_the_conversion(tmp_path: Path) -> None:
+    a, b = two_nodes(tmp_path, delay="60")
+    try:
+        a.start()
+        b.start()
+        task_id = a.webhook(push_event(image(0))).headers["x-accel-tasks"]
+        task = until(
+            lambda: next((t for t in a.tasks() if t["status"] == "PROCESSING"), None), 10, "a running task"
+        )
+        other = b if task["node"] == "node-a" else a
+        with other.client() as client:
+            response = client.post(
+                f"/api/v1/conversions/{task_id}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+        assert response.status_code == 200, response.text
+        # The running node reads the request at its next heartbeat (a third of the 1.5 s lease).
+        done = until(
+            lambda: next(t for t in other.tasks() if t["id"] == task_id)["status"] == "CANCELED", 10, "cancel"
+        )
+        assert done
+        assert a.conversions == []
+    finally:
+        a.stop()
+        b.stop()
 
 
 def test_sigterm_lets_running_conversion_finish(make_acceld: Callable[..., Acceld]) -> None:

@@ -52,6 +52,7 @@ def daemon_config(root: Path, registry: RegistryServer, worker: int = 2) -> dict
         server__host="127.0.0.1",
         server__port=free_port(),
         server__api_token=TOKEN,
+        server__task_lease=2,
         metric__enabled=True,
     )
 

@@ -121,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=config.converter.worker,
         metrics=metrics,
         retention=retention,
+        node=config.server.node,
+        lease=config.server.task_lease,
     )
     grace = config.server.shutdown_grace if args.shutdown_grace is None else args.shutdown_grace
     app = create_app(config, engine, metrics, shutdown_grace=grace)

@@ -79,6 +79,7 @@ class TaskView(BaseModel):
     bytes_in: int
     bytes_out: int
     timings: dict[str, float]
+    node: str
 
 
 class SummaryView(BaseModel):

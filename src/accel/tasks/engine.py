@@ -10,8 +10,10 @@ whose twin is already converting waits for it and then finds the target up to da
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -162,6 +164,8 @@ class TaskEngine:
         retry: TaskRetryPolicy | None = None,
         retention: timedelta = timedelta(hours=24),
         clock: Callable[[], float] = time.time,
+        node: str = "",
+        lease: float = 30.0,
     ) -> None:
         self.store = store
         self.converter = converter
@@ -170,6 +174,11 @@ class TaskEngine:
         self.retry_policy = retry or TaskRetryPolicy()
         self.retention = retention
         self._clock = clock
+        # Several nodes may share the store: each claims tasks under its id for ``lease`` seconds, renewed
+        # by a heartbeat, so a node that dies loses them to the others once the lease runs out.
+        self.node = node or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.lease = lease
+        self._heartbeat_stop = threading.Event()
         self._driver_key = converter.driver_key()
         self._lock = threading.Lock()
         self._intake = threading.Condition()
@@ -192,10 +201,10 @@ class TaskEngine:
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        requeued, failed = self.store.requeue_interrupted(self.retry_policy.max_attempts)
-        if requeued or failed:
-            log.info("resumed interrupted tasks", extra={"requeued": requeued, "failed": failed})
+        self._reclaim(reset_waits=True)
         self._purge()
+        heartbeat = threading.Thread(target=self._heartbeat, name="accel-heartbeat", daemon=True)
+        heartbeat.start()
         for i in range(self.workers):
             thread = threading.Thread(target=self._worker, name=f"accel-worker-{i}", daemon=True)
             thread.start()
@@ -221,6 +230,11 @@ class TaskEngine:
             for thread in self._threads:
                 thread.join(max(0.0, late - time.monotonic()))
         clean = not any(t.is_alive() for t in self._threads)
+        self._heartbeat_stop.set()
+        try:
+            self.store.release(self.node)  # what still runs here may be taken back without a lease's wait
+        except Exception:
+            log.exception("cannot release this node's leases")
         with self._done:
             self._done.notify_all()
         return clean
@@ -363,6 +377,8 @@ class TaskEngine:
                 return task
             task = self.get(task_id)
         if task.status is TaskStatus.PROCESSING:
+            # Recorded for whichever node runs it (its heartbeat reads it); also stopped here if it runs here.
+            self.store.request_cancel(task_id)
             with self._lock:
                 # Also remembered when the worker has claimed the task but not registered it yet.
                 self._cancel_requested.add(task_id)
@@ -410,7 +426,8 @@ class TaskEngine:
         while not self._stopping.is_set():
             self._kick.clear()
             try:
-                task = self.store.claim_next(self._clock())
+                now = self._clock()
+                task = self.store.claim_next(now, self.node, now + self.lease)
             except Exception:
                 log.exception("cannot read the task store")
                 self._stopping.wait(1.0)
@@ -425,6 +442,34 @@ class TaskEngine:
                 log.exception("cannot record task state", extra={"task": task.id})
             if self._clock() - self._last_purge > _PURGE_EVERY:
                 self._purge()
+
+    def _heartbeat(self) -> None:
+        """Renew this node's leases, stop what another node asked to cancel, take back expired tasks."""
+        every = max(0.05, self.lease / 3)
+        while not self._heartbeat_stop.wait(every):
+            try:
+                with self._lock:
+                    running = list(self._running)
+                canceled = self.store.renew(self.node, running, self._clock() + self.lease)
+                if canceled:
+                    with self._lock:
+                        for task_id in canceled:
+                            self._cancel_requested.add(task_id)
+                            event = self._running.get(task_id)
+                            if event is not None:
+                                event.set()
+                if not self._stopping.is_set():
+                    self._reclaim(reset_waits=False)
+            except Exception:
+                log.exception("heartbeat: cannot reach the task store")
+
+    def _reclaim(self, *, reset_waits: bool) -> None:
+        requeued, failed = self.store.reclaim_expired(
+            self._clock(), self.retry_policy.max_attempts, reset_waits=reset_waits
+        )
+        if requeued or failed:
+            log.info("took back tasks whose lease expired", extra={"requeued": requeued, "failed": failed})
+            self._kick.set()
 
     def _idle_timeout(self) -> float:
         try:

@@ -84,6 +84,7 @@ class Task:
     bytes_in: int = 0  # bytes pulled from the source registry
     bytes_out: int = 0  # bytes pushed to the target
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage (pull, convert, ...)
+    node: str = ""  # the node that claimed it last (its lease is kept by the store alone)
     # Unix time before which a PENDING task is not picked up (retry backoff, waiting for a duplicate).
     not_before: float = 0.0
 

@@ -45,6 +45,7 @@ _COLUMNS = (
     "bytes_in",
     "bytes_out",
     "timings",
+    "node",
 )
 
 _ADDED_COLUMNS = {
@@ -54,6 +55,9 @@ _ADDED_COLUMNS = {
     "bytes_in": "INTEGER NOT NULL DEFAULT 0",
     "bytes_out": "INTEGER NOT NULL DEFAULT 0",
     "timings": "TEXT NOT NULL DEFAULT '{}'",
+    "node": "TEXT NOT NULL DEFAULT ''",
+    "lease_until": "REAL NOT NULL DEFAULT 0",
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
 }
 
 _SCHEMA = """
@@ -79,7 +83,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     cache_saved INTEGER NOT NULL DEFAULT 0,
     bytes_in INTEGER NOT NULL DEFAULT 0,
     bytes_out INTEGER NOT NULL DEFAULT 0,
-    timings TEXT NOT NULL DEFAULT '{}'
+    timings TEXT NOT NULL DEFAULT '{}',
+    node TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, not_before);
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks (source, driver_key, status);
@@ -100,9 +107,14 @@ class TaskStore(Protocol):
     def list_tasks(self, *, limit: int = 1000, status: TaskStatus | None = None) -> list[Task]: ...
     def find_active(self, source: str, driver_key: str) -> list[Task]: ...
     def find_active_many(self, sources: Sequence[str], driver_key: str) -> dict[str, list[Task]]: ...
-    def claim_next(self, now: float) -> Task | None: ...
+    def claim_next(self, now: float, node: str, lease_until: float) -> Task | None: ...
+    def renew(self, node: str, task_ids: Sequence[str], lease_until: float) -> set[str]: ...
+    def request_cancel(self, task_id: str) -> bool: ...
+    def release(self, node: str) -> None: ...
     def next_wakeup(self) -> float | None: ...
-    def requeue_interrupted(self, max_attempts: int) -> tuple[int, int]: ...
+    def reclaim_expired(
+        self, now: float, max_attempts: int, *, reset_waits: bool = False
+    ) -> tuple[int, int]: ...
     def count(self, status: TaskStatus) -> int: ...
     def summary(self, since: datetime) -> TaskSummary: ...
     def purge_finished(self, before: datetime) -> int: ...
@@ -134,6 +146,7 @@ def _to_row(task: Task) -> tuple[Any, ...]:
         task.bytes_in,
         task.bytes_out,
         json.dumps(task.timings),
+        task.node,
     )
 
 
@@ -163,6 +176,7 @@ def _from_row(row: sqlite3.Row) -> Task:
         bytes_in=row["bytes_in"],
         bytes_out=row["bytes_out"],
         timings=json.loads(row["timings"]),
+        node=row["node"],
     )
 
 
@@ -307,7 +321,7 @@ class SQLiteTaskStore:
                 found.setdefault(row["source"], []).append(_from_row(row))
         return found
 
-    def claim_next(self, now: float) -> Task | None:
+    def claim_next(self, now: float, node: str, lease_until: float) -> Task | None:
         with self._lock:
             while True:
                 row = self._db.execute(
@@ -318,41 +332,78 @@ class SQLiteTaskStore:
                     return None
                 # Compare-and-set: another instance sharing the database may have claimed it meanwhile.
                 cur = self._db.execute(
-                    "UPDATE tasks SET status=? WHERE id=? AND status=?",
-                    (TaskStatus.PROCESSING.value, row["id"], TaskStatus.PENDING.value),
+                    "UPDATE tasks SET status=?, node=?, lease_until=?, cancel_requested=0 "
+                    "WHERE id=? AND status=?",
+                    (TaskStatus.PROCESSING.value, node, lease_until, row["id"], TaskStatus.PENDING.value),
                 )
                 if cur.rowcount == 1:
                     task = _from_row(row)
-                    task.status = TaskStatus.PROCESSING
+                    task.status, task.node = TaskStatus.PROCESSING, node
                     return task
+
+    def renew(self, node: str, task_ids: Sequence[str], lease_until: float) -> set[str]:
+        """Extend ``node``'s leases on ``task_ids``; answers those of them someone asked to cancel."""
+        if not task_ids:
+            return set()
+        marks = ",".join("?" * len(task_ids))
+        with self._lock:
+            self._db.execute(
+                f"UPDATE tasks SET lease_until=? WHERE node=? AND status=? AND id IN ({marks})",
+                (lease_until, node, TaskStatus.PROCESSING.value, *task_ids),
+            )
+            rows = self._db.execute(
+                f"SELECT id FROM tasks WHERE cancel_requested=1 AND id IN ({marks})", tuple(task_ids)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def request_cancel(self, task_id: str) -> bool:
+        """Ask whichever node runs ``task_id`` to stop it (it reads this at its next heartbeat)."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tasks SET cancel_requested=1 WHERE id=? AND status=?",
+                (task_id, TaskStatus.PROCESSING.value),
+            )
+        return cur.rowcount == 1
+
+    def release(self, node: str) -> None:
+        """``node`` stops: its running tasks may be taken back at once, not a lease later."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE tasks SET lease_until=0 WHERE node=? AND status=?",
+                (node, TaskStatus.PROCESSING.value),
+            )
 
     def next_wakeup(self) -> float | None:
         rows = self._query("SELECT MIN(not_before) FROM tasks WHERE status=?", (TaskStatus.PENDING.value,))
         value = rows[0][0]
         return float(value) if value is not None else None
 
-    def requeue_interrupted(self, max_attempts: int) -> tuple[int, int]:
-        """After a restart: PROCESSING tasks go back to PENDING, or FAIL when they used up their attempts.
+    def reclaim_expired(self, now: float, max_attempts: int, *, reset_waits: bool = False) -> tuple[int, int]:
+        """PROCESSING tasks whose node's lease ran out (the node died or stopped) go back to PENDING, or
+        FAIL when they used up their attempts; live nodes' tasks are left alone. Returns (requeued, failed).
 
-        Every PENDING task becomes runnable at once (backoff deadlines and duplicate waits were in memory).
-        Returns (requeued, failed).
+        ``reset_waits`` (at a node's start): every PENDING task becomes runnable at once, since backoff
+        deadlines and twin waits were kept in the memory of a node that may be gone.
         """
         with self._lock:
             failed = self._db.execute(
-                "UPDATE tasks SET status=?, reason=?, finished=? WHERE status=? AND attempts>=?",
+                "UPDATE tasks SET status=?, reason=?, finished=? "
+                "WHERE status=? AND lease_until<? AND attempts>=?",
                 (
                     TaskStatus.FAILED.value,
                     "interrupted too many times (the service stopped during every attempt)",
                     format_time(datetime.now().astimezone()),
                     TaskStatus.PROCESSING.value,
+                    now,
                     max_attempts,
                 ),
             ).rowcount
             requeued = self._db.execute(
-                "UPDATE tasks SET status=?, not_before=0 WHERE status=?",
-                (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value),
+                "UPDATE tasks SET status=?, not_before=0 WHERE status=? AND lease_until<?",
+                (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value, now),
             ).rowcount
-            self._db.execute("UPDATE tasks SET not_before=0 WHERE status=?", (TaskStatus.PENDING.value,))
+            if reset_waits:
+                self._db.execute("UPDATE tasks SET not_before=0 WHERE status=?", (TaskStatus.PENDING.value,))
         return requeued, failed
 
     def count(self, status: TaskStatus) -> int:

@@ -130,7 +130,7 @@ def test_default_payload_queues_a_task(client: TestClient, harness: Harness) -> 
     assert set(task) == {
         "id", "created", "started", "finished", "source", "target", "source_digest", "target_digest",
         "driver", "source_size", "target_size", "status", "reason", "attempts", "cache_hits", "cache_misses",
-        "cache_saved", "bytes_in", "bytes_out", "timings",
+        "cache_saved", "bytes_in", "bytes_out", "timings", "node",
     }  # fmt: skip
     assert harness.fake.conversions == ["harbor.dev/library/busybox:latest"]
 

@@ -117,7 +117,7 @@ class FakeConverter:
                     log.write(source + "\n")
                     log.flush()
                     os.fsync(log.fileno())
-                tmp = self.state_dir / "targets.json.tmp"
+                tmp = self.state_dir / f"targets.json.{os.getpid()}.tmp"  # nodes may share the dir
                 tmp.write_text(json.dumps(self.targets))
                 tmp.replace(self.state_dir / "targets.json")
         return ConversionResult(

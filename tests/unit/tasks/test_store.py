@@ -48,40 +48,69 @@ def test_claim_is_compare_and_set_and_respects_not_before(tmp_path: Path) -> Non
     later, now = Task(source="h/a:1", not_before=1000.0), Task(source="h/b:1")
     store.add(later)
     store.add(now)
-    claimed = store.claim_next(500.0)
+    claimed = store.claim_next(500.0, "n1", 500.0 + 30)
     assert claimed is not None and claimed.id == now.id and claimed.status is TaskStatus.PROCESSING
-    assert store.claim_next(500.0) is None
+    assert store.claim_next(500.0, "n1", 500.0 + 30) is None
     assert store.next_wakeup() == 1000.0
-    again = store.claim_next(1000.0)
+    again = store.claim_next(1000.0, "n1", 1000.0 + 30)
     assert again is not None and again.id == later.id
     # A second store on the same file (another instance) cannot claim a task twice.
     other = SQLiteTaskStore(tmp_path / "tasks.db")
-    assert other.claim_next(2000.0) is None
+    assert other.claim_next(2000.0, "n1", 2000.0 + 30) is None
 
 
 def test_save_if_refuses_a_changed_status(tmp_path: Path) -> None:
     store = _store(tmp_path)
     task = Task(source="h/a:1")
     store.add(task)
-    assert store.claim_next(0.0) is not None
+    assert store.claim_next(0.0, "n1", 0.0 + 30) is not None
     task.status = TaskStatus.CANCELED
     assert not store.save_if(task, TaskStatus.PENDING)
     stored = store.get(task.id)
     assert stored is not None and stored.status is TaskStatus.PROCESSING
 
 
-def test_requeue_interrupted(tmp_path: Path) -> None:
+def test_reclaim_takes_back_only_expired_leases(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    fresh, worn, waiting = Task(source="h/a:1"), Task(source="h/b:1"), Task(source="h/c:1", not_before=9e9)
-    fresh.status = worn.status = TaskStatus.PROCESSING
+    fresh, worn, live = Task(source="h/a:1"), Task(source="h/b:1"), Task(source="h/c:1")
+    waiting = Task(source="h/d:1", not_before=9e9)
     fresh.attempts, worn.attempts = 1, 5
-    for task in (fresh, worn, waiting):
+    for task in (fresh, worn, live, waiting):
         store.add(task)
-    assert store.requeue_interrupted(max_attempts=5) == (1, 1)
+    # Claimed by two nodes: n1's leases end at 100, n2's (renewed) at 300.
+    assert store.claim_next(0.0, "n1", 100.0) is not None
+    assert store.claim_next(0.0, "n1", 100.0) is not None
+    assert store.claim_next(0.0, "n2", 100.0) is not None
+    owners = {t.id: t.node for t in store.list_tasks() if t.status is TaskStatus.PROCESSING}
+    n2_tasks = [task_id for task_id, node in owners.items() if node == "n2"]
+    assert store.renew("n2", n2_tasks, 300.0) == set()
+    for task in store.list_tasks():  # attempts as the workers would have recorded them
+        if task.id in (fresh.id, worn.id, live.id):
+            task.attempts = {fresh.id: 1, worn.id: 5, live.id: 1}[task.id]
+            store.save(task)
+
+    assert store.reclaim_expired(50.0, max_attempts=5) == (0, 0)  # nobody's lease ran out yet
+    requeued, failed = store.reclaim_expired(200.0, max_attempts=5, reset_waits=True)
+
     states = {t.id: t for t in store.list_tasks()}
-    assert states[fresh.id].status is TaskStatus.PENDING
-    assert states[worn.id].status is TaskStatus.FAILED and "interrupted" in states[worn.id].reason
+    still = [t for t in states.values() if t.status is TaskStatus.PROCESSING]
+    assert [t.node for t in still] == ["n2"], "a live node's task is left alone"
+    assert requeued + failed == 2
+    assert sum(t.status is TaskStatus.FAILED and "interrupted" in t.reason for t in states.values()) == failed
     assert states[waiting.id].not_before == 0.0
+
+
+def test_cancel_request_reaches_the_running_node(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    task = Task(source="h/a:1")
+    store.add(task)
+    assert store.request_cancel(task.id) is False, "only a running task is asked to stop"
+    assert store.claim_next(0.0, "n1", 100.0) is not None
+    assert store.renew("n1", [task.id], 200.0) == set()
+    assert store.request_cancel(task.id) is True
+    assert store.renew("n1", [task.id], 300.0) == {task.id}
+    store.release("n1")
+    assert store.reclaim_expired(1.0, max_attempts=5) == (1, 0), "a released lease is expired at once"
 
 
 def test_find_active_and_count(tmp_path: Path) -> None:

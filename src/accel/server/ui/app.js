@@ -152,6 +152,7 @@ function renderDetail() {
   field(list, "moved", task.bytes_in || task.bytes_out ? `${bytes(task.bytes_in)} in, ${bytes(task.bytes_out)} out` : "");
   field(list, "layer cache", `${task.cache_hits} hits, ${task.cache_misses} misses, ${bytes(task.cache_saved)} saved`);
   field(list, "attempts", task.attempts);
+  field(list, "node", task.node);
   field(list, "created", task.created);
   field(list, "started", task.started);
   field(list, "finished", task.finished);
