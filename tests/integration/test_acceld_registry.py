@@ -26,6 +26,7 @@ from tests.integration.test_acceld import (
     until,
 )
 from tests.support.configs import config_dict
+from tests.support.faultproxy import FaultProxy
 from tests.support.images import build_simple_image, push_layout, skopeo_available
 from tests.support.registry import RegistryServer
 
@@ -40,9 +41,12 @@ def _need_skopeo() -> None:
         pytest.skip("skopeo is not installed")
 
 
-def daemon_config(root: Path, registry: RegistryServer, worker: int = 2) -> dict[str, Any]:
+def daemon_config(
+    root: Path, registry: RegistryServer, worker: int = 2, host: str | None = None
+) -> dict[str, Any]:
+    """``host``: the address the daemon reaches the registry at (a proxy in front of it), if not its own."""
     source = registry.source().model_copy(update={"webhook": WebhookConfig(auth_header=SECRET)})
-    sources: dict[str, SourceConfig] = {registry.host: source}
+    sources: dict[str, SourceConfig] = {host or registry.host: source}
     return config_dict(
         root / "work",
         sources,
@@ -58,11 +62,11 @@ def daemon_config(root: Path, registry: RegistryServer, worker: int = 2) -> dict
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[[RegistryServer], Acceld]]:
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Acceld]]:
     started: list[Acceld] = []
 
-    def make(registry: RegistryServer) -> Acceld:
-        daemon = Acceld(tmp_path, daemon_config(tmp_path, registry), fake=False)
+    def make(registry: RegistryServer, host: str | None = None) -> Acceld:
+        daemon = Acceld(tmp_path, daemon_config(tmp_path, registry, host=host), fake=False)
         started.append(daemon)
         return daemon
 
@@ -183,12 +187,18 @@ def test_registry_down_then_back(
 
 
 def test_webhook_answer_tells_the_truth(
-    registry_plain: RegistryServer, tmp_path: Path, make_daemon: Callable[[RegistryServer], Acceld]
+    registry_plain: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    make_daemon: Callable[..., Acceld],
 ) -> None:
     """503 only when nothing was saved; 2xx carries the ids; redeliveries add no task (issue 18, 1)."""
     names = [f"truth{random.randrange(1 << 30)}/app{n}" for n in range(4)]
-    pushed = push_images(registry_plain, tmp_path, names)
-    daemon = make_daemon(registry_plain).start()
+    direct = push_images(registry_plain, tmp_path, names)
+    # The daemon reaches the registry through a proxy, so the test can keep the tasks queued or running
+    # while Harbor's redeliveries arrive (a redelivery after they finished is a new push, rightly).
+    pushed = {ref.replace(registry_plain.host, fault_proxy.host): d for ref, d in direct.items()}
+    daemon = make_daemon(registry_plain, host=fault_proxy.host).start()
     payload = push_event(next(iter(pushed)))
     payload["event_data"]["resources"] = [
         {"digest": digest, "tag": "v1", "resource_url": ref} for ref, digest in pushed.items()
@@ -203,8 +213,13 @@ def test_webhook_answer_tells_the_truth(
     assert stalled.status_code == 503 and "x-accel-tasks" not in stalled.headers
     until(lambda: "tasks withdrawn before commit" in daemon.log_text(), 30, "the withdrawn write")
     assert count_tasks(daemon) == 0
-    answers = [daemon.webhook(payload) for _ in range(3)]  # Harbor's redeliveries
+    hold = fault_proxy.hold("GET", r"/manifests/", after=0, times=8)  # the workers' first reads wait
+    try:
+        answers = [daemon.webhook(payload) for _ in range(3)]  # Harbor's redeliveries
+    finally:
+        hold.release.set()
     assert [a.status_code for a in answers] == [200] * 3
+    assert hold.hits >= 1, "the tasks were held while the redeliveries arrived"
     ids = answers[0].headers["x-accel-tasks"].split(",")
     assert len(set(ids)) == 4 and all(a.headers["x-accel-tasks"].split(",") == ids for a in answers)
     tasks = daemon.wait_all_final(4, timeout=120)

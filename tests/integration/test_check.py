@@ -22,7 +22,8 @@ import pytest
 
 from accel.config import Config
 from accel.converter import CheckReport, Converter
-from accel.drivers import ConvertedLayer, DriverContext, OCIDriver
+from accel.drivers import ConvertedLayer, DriverContext
+from accel.drivers.oci import OCIDriver
 from accel.errors import ConversionError
 from accel.formats import estargz, nydus
 from accel.formats.chunked import FileBlob

@@ -9,17 +9,20 @@ import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accel import __version__
 from accel.cli import tasks
 from accel.cli.logs import demote_http_client_logs
 from accel.cli.progress import BarProgress, LogProgress
 from accel.config import Config, DriverConfig, Rule, load_config
-from accel.converter import CheckReport, ConversionResult, Converter
+from accel.converter import ConversionResult, Converter
 from accel.drivers import available_drivers, create_driver
 from accel.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, AccelError, ConfigError
 from accel.oci.platform import Platform
+
+if TYPE_CHECKING:
+    from accel.converter.check import CheckReport
 
 
 def build_parser() -> argparse.ArgumentParser:

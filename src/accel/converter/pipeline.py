@@ -21,12 +21,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from accel.config import Config
 from accel.content import ContentStore, Lease
 from accel.converter.cache import CachedLayer, CacheSession, LayerCache, RemoteCache, RemoteRecord
-from accel.converter.check import CheckReport, CheckSource, ImageChecker, check_reference, is_soci_index
 from accel.converter.context import ConversionIO
 from accel.converter.progress import (
     ConversionResult,
@@ -51,6 +50,9 @@ from accel.oci.manifest import Descriptor, ImageConfig, Index, Manifest, parse_m
 from accel.oci.platform import Platform, PlatformMatcher
 from accel.oci.reference import LayoutReference, Reference, parse_image_ref
 from accel.registry import RegistryClient
+
+if TYPE_CHECKING:
+    from accel.converter.check import CheckReport
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +195,8 @@ class Converter:
         """Check a converted image (``accelctl check``): every layer by its format's reader, unless
         ``compare`` is off its file tree against ``source`` (default: the source our annotations name),
         and the ``lazy`` paths read through the layers' indexes as a lazy-pulling snapshotter would."""
+        from accel.converter.check import ImageChecker, check_reference
+
         resolved = self.resolve(target)
         given = self.resolve(source) if source else None
         with self.store.lease() as lease:
@@ -621,6 +625,8 @@ class _Conversion:
     def _verify(self, pushables: list[_Pushable]) -> None:
         """``converter.verify``: check every converted image as ``accelctl check`` does, from what was
         uploaded (blobs this run wrote are read from the content store, not downloaded again)."""
+        from accel.converter.check import CheckSource, ImageChecker, is_soci_index
+
         started = time.monotonic()
         checker = ImageChecker(self.store, self.io.lease, self.converter.scratch_dir)
         reports = []
