@@ -25,6 +25,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, BinaryIO
 
 from accel.content import ContentStore, Lease
@@ -35,7 +36,7 @@ from accel.converter.repositories import ImageRepository, RegistryRepository, op
 from accel.errors import AccelError, ConversionError, FormatError
 from accel.formats import estargz, nydus, soci, zstdchunked
 from accel.formats.chunked import FileBlob
-from accel.formats.filetree import Difference, FileTree, differences
+from accel.formats.filetree import FileTree, differences
 from accel.formats.layercodec import TeeStream, decompressed
 from accel.formats.tar import clean_path
 from accel.oci import annotations as keys
@@ -210,8 +211,11 @@ class ImageChecker:
         soci_indexes: Sequence[Manifest] = (),
         source: CheckSource | None = None,
         lazy: Sequence[str] = (),
+        config: ImageConfig | None = None,
     ) -> ImageReport:
-        config = ImageConfig.from_json(repository.read_blob(manifest.config.digest))
+        """``config``: the manifest's config when the caller has read it already."""
+        if config is None:
+            config = ImageConfig.from_json(repository.read_blob(manifest.config.digest))
         platform = str(config.platform()) if config.os else None
         report = ImageReport(digest, platform, source.reference if source else None)
         diff_ids = config.diff_ids
@@ -226,11 +230,11 @@ class ImageChecker:
             )
             return report
         ztocs = ztocs_by_layer(soci_indexes)
+        unmatched = dict(ztocs)  # what is left once every layer took its zTOC
         kinds = [layer_format(layer) for layer in manifest.layers]
         tree = FileTree()
         nydus_blobs: dict[str, nydus.BlobFile] = {}
-        for position, (layer, diff_id) in enumerate(zip(manifest.layers, diff_ids, strict=True)):
-            kind = layer_format(layer)
+        for position, (layer, diff_id, kind) in enumerate(zip(manifest.layers, diff_ids, kinds, strict=True)):
             subject = f"layer {position} {layer.digest}"
             finding = Finding(subject, kind, True, layer=position)
             try:
@@ -238,17 +242,17 @@ class ImageChecker:
             except AccelError as exc:
                 finding.ok, finding.detail, finding.entry = False, _reason(exc), _entry_of(exc)
             report.findings.append(finding)
-            ztoc = ztocs.pop(layer.digest, None)
+            ztoc = unmatched.pop(layer.digest, None)
             if ztoc is not None:
                 report.findings.append(self._check_ztoc(repository, layer, ztoc, position))
-        for layer_digest in ztocs:
+        for layer_digest in unmatched:
             report.findings.append(
                 Finding("soci index", "soci", False, f"a zTOC names {layer_digest}, not a layer of the image")
             )
         if source is not None and report.ok:
             report.findings.append(self._compare(source, tree))
         if lazy and report.ok:
-            reader = LazyReader(repository, manifest, kinds, ztocs_by_layer(soci_indexes))
+            reader = LazyReader(repository, manifest, kinds, ztocs)
             report.lazy = [reader.read(path, tree.files.get("/" + clean_path(path))) for path in lazy]
             report.lazy_total, report.image_bytes = reader.total, reader.image_bytes
             report.findings.extend(_lazy_findings(report))
@@ -345,11 +349,7 @@ class ImageChecker:
             with self._open(source.repository, layer) as raw:
                 stream = decompressed(raw)
                 expected.apply(stream)
-        found: list[Difference] = []
-        for difference in differences(expected.files, converted.files):
-            found.append(difference)
-            if len(found) == _SHOWN_DIFFERENCES:
-                break
+        found = list(islice(differences(expected.files, converted.files), _SHOWN_DIFFERENCES))
         if not found:
             return Finding("tree", "source", True, f"{len(expected.files)} paths equal {source.reference}")
         first = found[0]
@@ -424,7 +424,9 @@ def check_reference(
         sources = _source_for(client, manifest, platform, source) if compare else None
         indexes = _soci_indexes(client, repository, manifest, digest)
         report.images.append(
-            checker.check_image(repository, manifest, digest, soci_indexes=indexes, source=sources, lazy=lazy)
+            checker.check_image(
+                repository, manifest, digest, soci_indexes=indexes, source=sources, lazy=lazy, config=config
+            )
         )
     if not report.images:
         report.images.append(

@@ -31,7 +31,6 @@ from accel.formats.soci.index import ANNOTATION_LAYER_DIGEST
 from accel.formats.tar import TarReader, clean_path
 from accel.oci.manifest import Descriptor, Manifest
 
-_READ = 1 << 20
 _SOCI_READ = 1 << 16  # soci-snapshotter fetches spans; a 64 KiB read-ahead stays within one
 
 
@@ -197,7 +196,7 @@ def _tar_files(layer: bytes) -> dict[str, bytes]:
     for entry in reader:
         path = "/" + clean_path(entry.name)
         if entry.type in (b"0", b"\0", b"7"):
-            out[path] = b"".join(iter(lambda: reader.read(_READ), b""))
+            out[path] = reader.read()
         elif entry.type == b"1" and "/" + clean_path(entry.linkname) in out:
             out[path] = out["/" + clean_path(entry.linkname)]
     return out

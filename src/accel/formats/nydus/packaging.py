@@ -37,5 +37,5 @@ def bootstrap_from_layer(tar: ByteSource) -> bytes:
     reader = TarReader(tar)
     for entry in reader:
         if clean_path(entry.name) == BOOTSTRAP_NAME:
-            return b"".join(iter(lambda: reader.read(1 << 20), b""))
+            return reader.read()
     raise FormatError(f"the bootstrap layer has no {BOOTSTRAP_NAME}")
