@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The demo needs a registry, skopeo and the default eStargz compressor; the tests also need the reference
-# tools, the Go libraries their verifiers are built from, and the browser the dashboard is tested in.
+# tools, the Go libraries their verifiers are built from, the browser the dashboard is tested in, and
+# the PostgreSQL several acceld nodes share.
 DEMO_PACKAGES := docker-registry skopeo libdeflate0
-TEST_PACKAGES := $(DEMO_PACKAGES) erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev golang-github-hanwen-go-fuse-dev runc chromium chromium-driver
+TEST_PACKAGES := $(DEMO_PACKAGES) erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev golang-github-hanwen-go-fuse-dev runc chromium chromium-driver postgresql
 
 .PHONY: demo test lint typecheck unit bench system-deps demo-deps clean
 

@@ -19,6 +19,7 @@ ORDER = [
     "bench_soci.py",
     "bench_cache.py",
     "bench_acceld.py",
+    "bench_scale.py",
 ]
 
 

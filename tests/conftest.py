@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.faultproxy import FaultProxy
+from tests.support.postgres import PostgresServer, postgres_available, start_postgres
 from tests.support.registry import MODES, RegistryServer, registry_available, start_registry
 
 # ------------------------------------------------------------------------ registries (registry area)
@@ -63,3 +64,34 @@ def restartable_registry(tmp_path: Path) -> Iterator[RegistryServer]:
         yield server
     finally:
         server.close()
+
+
+# ------------------------------------------------------------------------ PostgreSQL (tasks area)
+# `postgres_server`: one PostgreSQL 15 cluster for the session (tests/support/postgres.py);
+# `postgres_dsn`: a fresh empty database on it per test. `restartable_postgres`: a private cluster a test
+# may stop() and start() again (same port and data).
+
+
+def _postgres() -> Iterator[PostgresServer]:
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    yield from _postgres()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    return postgres_server.create_database()
+
+
+@pytest.fixture
+def restartable_postgres() -> Iterator[PostgresServer]:
+    yield from _postgres()

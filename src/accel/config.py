@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from accel.database import is_postgres_dsn
 from accel.errors import ConfigError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?)b?\s*$", re.IGNORECASE)
@@ -151,6 +152,16 @@ class ProviderConfig(_Strict):
     cache_version: str = ""
     docker_config: Path | None = None
     registry: RegistryClientConfig = RegistryClientConfig()
+    database: str = Field(default="", repr=False)
+    """*new*: empty: tasks and the layer-cache index in SQLite under ``work_dir`` (one node); a
+    ``postgresql://user:password@host:port/dbname`` DSN: both in that database, shared by every node."""
+
+    @field_validator("database")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and not is_postgres_dsn(value):
+            raise ValueError("must be empty (SQLite under work_dir) or a postgresql:// DSN")
+        return value
 
     @field_validator("work_dir")
     @classmethod

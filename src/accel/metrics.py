@@ -62,7 +62,11 @@ class Metrics:
         self.layer_cache = Counter(
             f"{_CORE}_layer_cache", "Converted-layer cache lookups by outcome.", ["result"], registry=reg
         )
-        self.queue_depth = Gauge(f"{_CORE}_queue_depth", "Tasks waiting (PENDING).", registry=reg)
+        self.queue_depth = Gauge(
+            f"{_CORE}_queue_depth",
+            "Tasks waiting (PENDING) in the queue, every node's when nodes share a database.",
+            registry=reg,
+        )
         self.tasks_running = Gauge(f"{_CORE}_tasks_running", "Tasks being processed.", registry=reg)
         self.webhook_events = Counter(
             f"{_CORE}_webhook_resources",

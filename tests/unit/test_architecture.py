@@ -14,17 +14,18 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 RANKS = {
     "errors": 0,
     "accel": 0,  # the package root holds only the version
-    "config": 1,
-    "oci": 1,
-    "metrics": 1,
-    "content": 2,
-    "registry": 2,
-    "formats": 2,
-    "drivers": 3,
-    "converter": 4,
-    "tasks": 5,
-    "server": 6,
-    "cli": 7,
+    "database": 1,  # the shared PostgreSQL: config checks DSNs with it; tasks and converter keep data in it
+    "config": 2,
+    "oci": 2,
+    "metrics": 2,
+    "content": 3,
+    "registry": 3,
+    "formats": 3,
+    "drivers": 4,
+    "converter": 5,
+    "tasks": 6,
+    "server": 7,
+    "cli": 8,
 }
 
 

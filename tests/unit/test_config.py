@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from accel.config import load_config, parse_config, parse_size
 from accel.drivers import create_driver
@@ -55,6 +56,23 @@ def test_every_example_config_loads_and_makes_its_driver() -> None:
         config = load_config(path)
         driver = create_driver(config.converter.driver)
         assert driver.name in path.name or path.name == "config.yaml"
+
+
+def test_the_kubernetes_example_carries_a_valid_config() -> None:
+    manifests = Path(__file__).parents[2] / "misc" / "deploy" / "kubernetes" / "acceld.yaml"
+    documents = {doc["kind"]: doc for doc in yaml.safe_load_all(manifests.read_text())}
+    assert set(documents) == {"Secret", "Deployment", "Service"}
+    config = parse_config(yaml.safe_load(documents["Secret"]["stringData"]["config.yaml"]))
+    assert config.provider.database.startswith("postgresql://")
+    create_driver(config.converter.driver)
+    [volume] = [v for v in documents["Deployment"]["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == documents["Secret"]["metadata"]["name"]
+
+
+def test_database_must_be_empty_or_postgres() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"provider": {"database": "mysql://u:pw@h/x"}, "converter": {"driver": {"type": "oci"}}})
+    assert "provider.database" in raised.value.message and "pw" not in raised.value.message
 
 
 def test_upstream_config_loads_unchanged(tmp_path: Path) -> None:

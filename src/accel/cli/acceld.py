@@ -1,8 +1,9 @@
 """acceld: the conversion daemon (``acceld --config <yaml>``).
 
-Listens on ``server.host:server.port`` or on the unix socket ``server.uds``; keeps its task database in
-``<provider.work_dir>/tasks.db``. SIGTERM and SIGINT stop it gracefully: no new requests, running
-conversions get ``--shutdown-grace`` seconds to finish, the rest stay PENDING for the next start.
+Listens on ``server.host:server.port`` or on the unix socket ``server.uds``; keeps its tasks in
+``<provider.work_dir>/tasks.db``, or in the PostgreSQL ``provider.database`` names, shared with other
+nodes. SIGTERM and SIGINT stop it gracefully: no new requests, running conversions get
+``--shutdown-grace`` seconds to finish, the rest stay PENDING for the next start (on any node).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import uvicorn
 from accel import __version__
 from accel.cli.logs import demote_http_client_logs
 from accel.config import Config, load_config
+from accel.database import PostgresDatabase
 from accel.errors import AccelError
 from accel.metrics import Metrics
 from accel.server import create_app, setup_logging
-from accel.tasks import ConverterLike, SQLiteTaskStore, TaskEngine
+from accel.tasks import ConverterLike, SQLiteTaskStore, TaskEngine, TaskStore
 
 log = logging.getLogger("accel.acceld")
 
@@ -41,7 +43,7 @@ def _version() -> str:
     return __version__
 
 
-def _make_converter(config: Config) -> Any:
+def _make_converter(config: Config, database: PostgresDatabase | None) -> Any:
     spec = os.environ.get(CONVERTER_FACTORY_ENV, "")
     if spec:
         module_name, _, attr = spec.partition(":")
@@ -49,7 +51,24 @@ def _make_converter(config: Config) -> Any:
         return factory(config)
     from accel.converter import Converter
 
-    return Converter(config)
+    return Converter(config, database=database)
+
+
+def _open_database(config: Config) -> PostgresDatabase | None:
+    if not config.provider.database:
+        return None
+    # Each worker holds a connection for its saves; the API, heartbeat and the layer cache share the rest.
+    database = PostgresDatabase(config.provider.database, max_connections=config.converter.worker + 8)
+    log.info("shared database", extra={"database": database.display})
+    return database
+
+
+def _open_store(config: Config, database: PostgresDatabase | None) -> TaskStore:
+    if database is None:
+        return SQLiteTaskStore(config.provider.work_dir / "tasks.db")
+    from accel.tasks.postgres import PostgresTaskStore
+
+    return PostgresTaskStore(database)
 
 
 class _Server(uvicorn.Server):
@@ -108,11 +127,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = config.provider.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        converter = _make_converter(config)
+        database = _open_database(config)
+    except AccelError as exc:
+        log.error("cannot start", extra={"error": exc.message})
+        return 1
+    try:
+        store = _open_store(config, database)
+        converter = _make_converter(config, database)
     except AccelError as exc:
         log.error("cannot initialise the converter", extra={"error": exc.message})
+        if database is not None:
+            database.close()
         return 1
-    store = SQLiteTaskStore(work_dir / "tasks.db")
     metrics = Metrics(config.server.name)
     retention = timedelta(seconds=config.server.task_retention)
     engine = TaskEngine(
@@ -150,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         close = getattr(converter, "close", None)
         if callable(close):
             close()
+        if database is not None:
+            database.close()
         if sock is not None:
             sock.close()
             Path(config.server.uds).unlink(missing_ok=True)

@@ -6,9 +6,11 @@ bytes (Nydus: the layer's bootstrap and blob meta) and the places where the conv
 live (``host/repository`` or ``oci:/path``). A hit lets the converter mount the blob instead of pulling
 and converting the source layer.
 
-Entries live in SQLite under ``provider.work_dir`` (shared safely by acceld and accelctl) and are bounded
-by ``provider.cache_size``, least recently used evicted. The cache is a hint, never trusted blindly: the
-converter checks that the blob still exists before using an entry and drops entries whose blob vanished.
+Entries live in SQLite under ``provider.work_dir`` (shared safely by acceld and accelctl), or, when
+``provider.database`` names a PostgreSQL, in that database for every node (``cache_postgres``); either
+way bounded by ``provider.cache_size``, least recently used evicted. The cache is a hint, never trusted
+blindly: the converter checks that the blob still exists before using an entry and drops entries whose
+blob vanished.
 
 ``RemoteCache`` is upstream's cache image in the registry (``rules[].cache_tag``), shared by instances and
 surviving a lost work_dir; ``CacheSession`` is one conversion's use of both.
@@ -23,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from accel.content import ContentStore
 from accel.converter.repositories import ImageRepository, LayoutRepository, RegistryRepository
@@ -82,8 +84,27 @@ class CacheEntry:
     locations: list[str]
 
 
+class LayerIndex(Protocol):
+    """Where the converted-layer entries are kept; thread-safe."""
+
+    def get(self, source_digest: str, driver_key: str) -> CacheEntry | None: ...
+    def put(
+        self,
+        source_digest: str,
+        driver_key: str,
+        descriptor: Descriptor,
+        diff_id: str,
+        extra: bytes,
+        locations: list[str],
+    ) -> None: ...
+    def add_location(self, source_digest: str, driver_key: str, location: str) -> None: ...
+    def discard(self, source_digest: str, driver_key: str) -> None: ...
+    def __len__(self) -> int: ...
+    def close(self) -> None: ...
+
+
 class LayerCache:
-    """Thread-safe; several processes may share the file (SQLite locking, WAL)."""
+    """The embedded index: one SQLite file; several processes may share it (SQLite locking, WAL)."""
 
     def __init__(self, path: Path, capacity: int) -> None:
         self.path = path
@@ -312,7 +333,7 @@ class CacheSession:
 
     def __init__(
         self,
-        local: LayerCache | None,
+        local: LayerIndex | None,
         remote: RemoteCache | None,
         store: ContentStore,
         target: ImageRepository,

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from accel.config import Config
 from accel.content import ContentStore, Lease
-from accel.converter.cache import CachedLayer, CacheSession, LayerCache, RemoteCache, RemoteRecord
+from accel.converter.cache import (
+    CachedLayer,
+    CacheSession,
+    LayerCache,
+    LayerIndex,
+    RemoteCache,
+    RemoteRecord,
+)
 from accel.converter.context import ConversionIO
 from accel.converter.progress import (
     ConversionResult,
@@ -41,6 +48,7 @@ from accel.converter.repositories import (
     open_repository,
 )
 from accel.converter.rules import target_reference
+from accel.database import DatabaseUnavailableError, PostgresDatabase, is_postgres_dsn
 from accel.drivers import Driver, create_driver
 from accel.drivers.base import ConvertedImage, ConvertedLayer, ImageLayer, SourceImage
 from accel.errors import AccelError, ConversionError, FormatError, InvalidReferenceError, NotFoundError
@@ -73,7 +81,10 @@ class Converter:
         client: RegistryClient | None = None,
         store: ContentStore | None = None,
         driver: Driver[Any] | None = None,
+        database: PostgresDatabase | None = None,
     ) -> None:
+        """``database``: the shared PostgreSQL for the layer-cache index (acceld passes its own); opened
+        here from ``provider.database`` when that names one and none is given."""
         self.config = config
         self.driver = driver or create_driver(config.converter.driver)
         self.client = client or RegistryClient(
@@ -89,10 +100,24 @@ class Converter:
         self.layer_pool = ThreadPoolExecutor(self.layer_workers, thread_name_prefix="layer")
         self.upload_pool = ThreadPoolExecutor(_UPLOADS, thread_name_prefix="upload")
         self.scratch_dir = Path(config.provider.work_dir) / "tmp"
+        self._own_database: PostgresDatabase | None = None
+        self.cache = self._layer_index(config, database)
+
+    def _layer_index(self, config: Config, database: PostgresDatabase | None) -> LayerIndex | None:
         cache_size = config.provider.cache_size
-        self.cache = (
-            LayerCache(Path(config.provider.work_dir) / "cache.db", cache_size) if cache_size else None
-        )
+        if not cache_size:
+            return None
+        if database is None and is_postgres_dsn(config.provider.database):
+            try:
+                database = self._own_database = PostgresDatabase(config.provider.database, max_connections=4)
+            except DatabaseUnavailableError as exc:
+                # A one-time conversion needs the shared index only as a hint: go on with the local one.
+                log.warning("shared layer cache unavailable, using the local one: %s", exc.message)
+        if database is not None:
+            from accel.converter.cache_postgres import PostgresLayerCache
+
+            return PostgresLayerCache(database, cache_size)
+        return LayerCache(Path(config.provider.work_dir) / "cache.db", cache_size)
 
     def close(self) -> None:
         self.layer_pool.shutdown(wait=True, cancel_futures=True)
@@ -100,6 +125,8 @@ class Converter:
         self.client.close()
         if self.cache is not None:
             self.cache.close()
+        if self._own_database is not None:
+            self._own_database.close()
 
     def __enter__(self) -> Converter:
         return self

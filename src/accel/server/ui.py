@@ -8,14 +8,15 @@ acts through the task API with the same authorisation as any client (see ``serve
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import swagger_ui_bundle
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UI_DIR = Path(__file__).with_name("ui")
 _SECURITY_HEADERS = {
@@ -61,14 +62,28 @@ def mount(app: FastAPI) -> None:
     app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
     app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
 
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        path = request.url.path
-        if path.startswith("/ui") or path.startswith("/docs"):
-            response.headers.update(_SECURITY_HEADERS)
-            policy = _DOCS_POLICY if path.startswith("/docs") else _UI_POLICY
-            response.headers["Content-Security-Policy"] = policy
-        return response
+    app.add_middleware(_SecurityHeaders)
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware adding the browser policies to /ui and /docs answers. Every other request
+    (webhooks above all) passes straight through: Starlette's ``BaseHTTPMiddleware`` would cost each
+    one a task and a stream wrapper."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path.startswith("/ui") or path.startswith("/docs")):
+            await self.app(scope, receive, send)
+            return
+        policy = _DOCS_POLICY if path.startswith("/docs") else _UI_POLICY
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.update({**_SECURITY_HEADERS, "Content-Security-Policy": policy})
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

@@ -36,7 +36,6 @@ from accel.tasks.store import TaskStore
 log = logging.getLogger("accel.tasks")
 
 # How long a task waits for a twin (same digest) before looking again; the twin's end releases it earlier.
-_TWIN_WAIT = 600.0
 _PURGE_EVERY = 60.0
 
 
@@ -138,6 +137,38 @@ class Intake:
             return self._state == "sealed"
 
 
+class _Wakeup:
+    """Wakes one idle worker per call, which wakes the next when it found work: a burst of new tasks
+    (or another node's NOTIFY) costs one claim per task and one empty claim, not one per idle worker.
+
+    A worker notes :meth:`mark` before it claims and waits only if no wake-up came since, so a task
+    queued between its empty claim and its wait is not left for the idle timeout.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._generation = 0
+
+    def mark(self) -> int:
+        with self._cond:
+            return self._generation
+
+    def one(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify()
+
+    def all(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self._cond:
+            if self._generation == seen:
+                self._cond.wait(timeout)
+
+
 @dataclass
 class _Unsaved:
     task: Task
@@ -185,22 +216,21 @@ class TaskEngine:
         self._unsaved: dict[str, _Unsaved] = {}  # accepted, being written by a group commit
         self._batch: list[_Unsaved] = []
         self._flushing = False
-        self._kick = threading.Event()
+        self._wake = _Wakeup()
         self._stopping = threading.Event()
         self._shutdown_cancel = threading.Event()
         self._done = threading.Condition()
         self._running: dict[str, threading.Event] = {}
         self._cancel_requested: set[str] = set()
-        self._inflight: dict[tuple[str, str, str], str] = {}
-        self._blocked: dict[str, list[str]] = {}
         self._threads: list[threading.Thread] = []
         self._last_purge = 0.0
         if metrics is not None:
-            metrics.track_queue(lambda: float(self.store.count(TaskStatus.PENDING)), self._running_count)
+            metrics.track_queue(self._queue_depth, self._running_count)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.store.on_change(self._wake.one)  # another node queued or released work
         self._reclaim(reset_waits=True)
         self._purge()
         heartbeat = threading.Thread(target=self._heartbeat, name="accel-heartbeat", daemon=True)
@@ -216,7 +246,7 @@ class TaskEngine:
         Returns True when every worker finished in time.
         """
         self._stopping.set()
-        self._kick.set()
+        self._wake.all()
         deadline = time.monotonic() + grace
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -309,7 +339,7 @@ class TaskEngine:
                 results.append(Submitted(unsaved.task, merged=merged))
             self._await_durable(mine, intake)
         if mine:
-            self._kick.set()
+            self._wake.one()
         return results
 
     def _await_durable(self, mine: list[_Unsaved], intake: Intake) -> None:
@@ -380,8 +410,10 @@ class TaskEngine:
             # Recorded for whichever node runs it (its heartbeat reads it); also stopped here if it runs here.
             self.store.request_cancel(task_id)
             with self._lock:
-                # Also remembered when the worker has claimed the task but not registered it yet.
-                self._cancel_requested.add(task_id)
+                # Also remembered when this node's worker has claimed the task but not registered it yet
+                # (only then: a stale entry would cancel the task if it is retried and runs here).
+                if task.node == self.node:
+                    self._cancel_requested.add(task_id)
                 event = self._running.get(task_id)
                 if event is not None:
                     event.set()
@@ -400,7 +432,9 @@ class TaskEngine:
         task.started = task.finished = None
         if not self.store.save_if(task, previous):
             raise TaskStateError(f"task {task_id} changed state meanwhile")
-        self._kick.set()
+        with self._lock:
+            self._cancel_requested.discard(task_id)
+        self._wake.one()
         return task
 
     def wait(self, task_ids: list[str], timeout: float | None = None) -> list[Task]:
@@ -418,23 +452,36 @@ class TaskEngine:
 
     # -- workers -----------------------------------------------------------------------------------------
 
+    def _queue_depth(self) -> float:
+        """The shared queue's depth (every node's PENDING tasks); NaN while the store is unreachable, so
+        a scrape still answers and the gap shows."""
+        try:
+            return float(self.store.count(TaskStatus.PENDING))
+        except Exception:
+            return float("nan")
+
     def _running_count(self) -> float:
         with self._lock:
             return float(len(self._running))
 
     def _worker(self) -> None:
         while not self._stopping.is_set():
-            self._kick.clear()
+            seen = self._wake.mark()
             try:
                 now = self._clock()
                 task = self.store.claim_next(now, self.node, now + self.lease)
+            except AccelError as exc:
+                log.warning("cannot claim a task", extra={"error": exc.message})
+                self._stopping.wait(1.0)
+                continue
             except Exception:
                 log.exception("cannot read the task store")
                 self._stopping.wait(1.0)
                 continue
             if task is None:
-                self._kick.wait(self._idle_timeout())
+                self._wake.wait(seen, self._idle_timeout())
                 continue
+            self._wake.one()  # there may be more: let an idle worker look while this one converts
             try:
                 self._process(task)
             except Exception:
@@ -469,7 +516,7 @@ class TaskEngine:
         )
         if requeued or failed:
             log.info("took back tasks whose lease expired", extra={"requeued": requeued, "failed": failed})
-            self._kick.set()
+            self._wake.one()
 
     def _idle_timeout(self) -> float:
         try:
@@ -499,7 +546,7 @@ class TaskEngine:
         task.attempts += 1
         task.started = task.started or utcnow()
         task.reason = ""
-        self.store.save(task)
+        self._save(task)
         log.info("task started", extra={"task": task.id, "source": task.source, "attempt": task.attempts})
         try:
             self._run(task, cancel)
@@ -551,19 +598,15 @@ class TaskEngine:
             task.target_digest = inspection.existing_target_digest
             self._finish(task, TaskStatus.COMPLETED, "target already converted from this source digest")
             return
-        key = (inspection.digest, self._driver_key, inspection.target)
-        with self._lock:
-            owner = self._inflight.get(key)
-            if owner is not None:
-                task.attempts -= 1
-                self._blocked.setdefault(owner, []).append(task.id)
-                self._requeue(
-                    task, self._clock() + _TWIN_WAIT, f"waiting for task {owner} (same source digest)"
-                )
-                log.info("merged with a running task", extra={"task": task.id, "twin": owner})
-                return
-            self._inflight[key] = task.id
-        self.store.save(task)
+        # The twin lock lives in the store, so it holds across every node sharing it.
+        owner = self.store.lock_conversion(task)
+        if owner is not None:
+            task.attempts -= 1
+            # Woken when the owner lets go; the wait only bounds how late a dead owner is noticed.
+            wait = max(self.lease, 1.0)
+            self._requeue(task, self._clock() + wait, f"waiting for task {owner} (same source digest)")
+            log.info("merged with a running task", extra={"task": task.id, "twin": owner})
+            return
         metrics = self.metrics
         if metrics is not None:
             metrics.op_total.labels("convert").inc()
@@ -575,7 +618,7 @@ class TaskEngine:
                 metrics.op_errors.labels("convert").inc()
             raise
         finally:
-            self._release_twins(key, task.id)
+            self._unlock(task)
         elapsed = time.monotonic() - begin
         task.target, task.target_digest = result.target, result.target_digest
         task.source_size, task.target_size = result.source_size, result.target_size
@@ -590,26 +633,38 @@ class TaskEngine:
             metrics.layer_cache.labels("miss").inc(result.cache_misses)
         self._finish(task, TaskStatus.COMPLETED, "")
 
-    def _release_twins(self, key: tuple[str, str, str], task_id: str) -> None:
-        with self._lock:
-            if self._inflight.get(key) == task_id:
-                del self._inflight[key]
-            for twin_id in self._blocked.pop(task_id, []):
-                twin = self.store.get(twin_id)
-                if twin is not None and twin.status is TaskStatus.PENDING:
-                    twin.not_before = 0.0
-                    self.store.save(twin)
-        self._kick.set()
+    def _unlock(self, task: Task) -> None:
+        try:
+            self.store.unlock_conversion(task)
+        except Exception:
+            # Not fatal: the lock only binds PROCESSING tasks, and the twins look again after their wait.
+            log.exception("cannot release the twin lock", extra={"task": task.id})
+        self._wake.one()
+
+    def _save(self, task: Task) -> None:
+        """Save ``task``, waiting out a database that is away for a while (a restart, a failover): a
+        conversion that ran must not be lost for want of its record. Gives up only when stopping."""
+        delay = 0.2
+        while True:
+            try:
+                self.store.save(task)
+                return
+            except AccelError as exc:
+                if not exc.transient or self._heartbeat_stop.is_set():
+                    raise
+                log.warning("cannot save task, will retry", extra={"task": task.id, "error": exc.message})
+                self._heartbeat_stop.wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def _requeue(self, task: Task, not_before: float, reason: str) -> None:
         task.status, task.not_before, task.reason = TaskStatus.PENDING, not_before, reason
-        self.store.save(task)
+        self._save(task)
         with self._done:
             self._done.notify_all()
 
     def _finish(self, task: Task, status: TaskStatus, reason: str) -> None:
         task.status, task.reason, task.finished = status, reason, utcnow()
-        self.store.save(task)
+        self._save(task)
         self._finished(task)
 
     def _finished(self, task: Task) -> None:

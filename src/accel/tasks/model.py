@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -111,6 +112,18 @@ class TaskSummary:
     bytes_in: int = 0
     bytes_out: int = 0
     cache_saved: int = 0
+
+    @classmethod
+    def from_counts(cls, since: datetime, rows: Iterable[tuple[str, int, int, int, int]]) -> TaskSummary:
+        """From (status, count, bytes_in, bytes_out, cache_saved) per status, as a store's query groups
+        them; the byte sums count only finished tasks (running ones have not moved their bytes yet)."""
+        counts = {status.value.lower(): 0 for status in TaskStatus}
+        sums = [0, 0, 0]
+        for status, count, *moved in rows:
+            counts[status.lower()] = count
+            if TaskStatus(status).final:
+                sums = [total + value for total, value in zip(sums, moved, strict=True)]
+        return cls(since, **counts, bytes_in=sums[0], bytes_out=sums[1], cache_saved=sums[2])
 
     @property
     def success_rate(self) -> float | None:

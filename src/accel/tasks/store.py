@@ -1,8 +1,8 @@
-"""Task persistence: a small interface and its SQLite implementation.
+"""Task persistence: the interface the engine talks to, the row mapping, and the embedded SQLite store.
 
-The engine only talks to :class:`TaskStore`, so a shared database (several acceld instances) can replace
-SQLite later. Claiming is a compare-and-set on ``status`` so that two workers (or two instances) never run
-the same task.
+:class:`SQLiteTaskStore` serves one node (several processes may share its file); the PostgreSQL store in
+:mod:`accel.tasks.postgres` serves many. Both claim with a compare-and-set under a lease and take the twin
+lock through a unique partial index, so the engine has one code path for either.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 from accel.tasks.model import Task, TaskStatus, TaskSummary, format_time, parse_time
 
-_ACTIVE = (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
-_FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELED.value)
+ACTIVE_STATUSES = (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
+FINAL_STATUSES = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELED.value)
 
-_COLUMNS = (
+COLUMNS = (
     "id",
     "created",
     "started",
@@ -58,7 +58,9 @@ _ADDED_COLUMNS = {
     "node": "TEXT NOT NULL DEFAULT ''",
     "lease_until": "REAL NOT NULL DEFAULT 0",
     "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "converting": "INTEGER NOT NULL DEFAULT 0",
 }
+INTERRUPTED_TOO_OFTEN = "interrupted too many times (the service stopped during every attempt)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -86,12 +88,18 @@ CREATE TABLE IF NOT EXISTS tasks (
     timings TEXT NOT NULL DEFAULT '{}',
     node TEXT NOT NULL DEFAULT '',
     lease_until REAL NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    converting INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, not_before);
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks (source, driver_key, status);
 CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created);
 """
+# After the added columns: older files get ``converting`` from _ADDED_COLUMNS first.
+_TWIN_LOCK = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS tasks_converting ON tasks (source_digest, driver_key, target) "
+    "WHERE converting=1 AND status='PROCESSING'"
+)
 
 
 class TaskStore(Protocol):
@@ -111,6 +119,9 @@ class TaskStore(Protocol):
     def renew(self, node: str, task_ids: Sequence[str], lease_until: float) -> set[str]: ...
     def request_cancel(self, task_id: str) -> bool: ...
     def release(self, node: str) -> None: ...
+    def lock_conversion(self, task: Task) -> str | None: ...
+    def unlock_conversion(self, task: Task) -> None: ...
+    def on_change(self, callback: Callable[[], None]) -> None: ...
     def next_wakeup(self) -> float | None: ...
     def reclaim_expired(
         self, now: float, max_attempts: int, *, reset_waits: bool = False
@@ -122,7 +133,7 @@ class TaskStore(Protocol):
     def close(self) -> None: ...
 
 
-def _to_row(task: Task) -> tuple[Any, ...]:
+def task_to_row(task: Task) -> tuple[Any, ...]:
     return (
         task.id,
         format_time(task.created),
@@ -150,7 +161,7 @@ def _to_row(task: Task) -> tuple[Any, ...]:
     )
 
 
-def _from_row(row: sqlite3.Row) -> Task:
+def task_from_row(row: sqlite3.Row) -> Task:
     created = parse_time(row["created"])
     assert created is not None
     return Task(
@@ -200,6 +211,7 @@ class SQLiteTaskStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._add_missing_columns()
+        self._db.execute(_TWIN_LOCK)
         # Reads go through their own connection: in WAL mode it sees only committed rows and is not held
         # up by a write transaction, so webhooks can look for duplicates while a group commit is slow.
         self._read_lock = threading.Lock()
@@ -238,10 +250,10 @@ class SQLiteTaskStore:
 
         Inside :meth:`transaction` the rows become durable only when that transaction commits.
         """
-        marks = ",".join("?" * len(_COLUMNS))
-        sql = f"INSERT INTO tasks ({','.join(_COLUMNS)}) VALUES ({marks})"
+        marks = ",".join("?" * len(COLUMNS))
+        sql = f"INSERT INTO tasks ({','.join(COLUMNS)}) VALUES ({marks})"
         with self.transaction():
-            self._db.executemany(sql, [_to_row(t) for t in tasks])
+            self._db.executemany(sql, [task_to_row(t) for t in tasks])
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -270,15 +282,15 @@ class SQLiteTaskStore:
             self._db.executemany("DELETE FROM tasks WHERE id=?", [(i,) for i in task_ids])
 
     def save(self, task: Task) -> None:
-        sets = ",".join(f"{c}=?" for c in _COLUMNS[1:])
-        row = _to_row(task)
+        sets = ",".join(f"{c}=?" for c in COLUMNS[1:])
+        row = task_to_row(task)
         with self._lock:
             self._db.execute(f"UPDATE tasks SET {sets} WHERE id=?", (*row[1:], row[0]))
 
     def save_if(self, task: Task, expected: TaskStatus) -> bool:
         """Save only if the stored status is still ``expected`` (a worker may have claimed it meanwhile)."""
-        sets = ",".join(f"{c}=?" for c in _COLUMNS[1:])
-        row = _to_row(task)
+        sets = ",".join(f"{c}=?" for c in COLUMNS[1:])
+        row = task_to_row(task)
         with self._lock:
             cur = self._db.execute(
                 f"UPDATE tasks SET {sets} WHERE id=? AND status=?", (*row[1:], row[0], expected.value)
@@ -287,7 +299,7 @@ class SQLiteTaskStore:
 
     def get(self, task_id: str) -> Task | None:
         rows = self._query("SELECT * FROM tasks WHERE id=?", (task_id,))
-        return _from_row(rows[0]) if rows else None
+        return task_from_row(rows[0]) if rows else None
 
     def list_tasks(self, *, limit: int = 1000, status: TaskStatus | None = None) -> list[Task]:
         if status is None:
@@ -297,14 +309,14 @@ class SQLiteTaskStore:
                 "SELECT * FROM tasks WHERE status=? ORDER BY created DESC, rowid DESC LIMIT ?",
                 (status.value, limit),
             )
-        return [_from_row(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     def find_active(self, source: str, driver_key: str) -> list[Task]:
         rows = self._query(
             "SELECT * FROM tasks WHERE source=? AND driver_key=? AND status IN (?,?) ORDER BY rowid",
-            (source, driver_key, *_ACTIVE),
+            (source, driver_key, *ACTIVE_STATUSES),
         )
-        return [_from_row(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     def find_active_many(self, sources: Sequence[str], driver_key: str) -> dict[str, list[Task]]:
         """:meth:`find_active` for many sources with one query per 500 (a large webhook's resources)."""
@@ -315,10 +327,10 @@ class SQLiteTaskStore:
             rows = self._query(
                 f"SELECT * FROM tasks WHERE source IN ({','.join('?' * len(chunk))}) AND driver_key=? "
                 "AND status IN (?,?) ORDER BY rowid",
-                (*chunk, driver_key, *_ACTIVE),
+                (*chunk, driver_key, *ACTIVE_STATUSES),
             )
             for row in rows:
-                found.setdefault(row["source"], []).append(_from_row(row))
+                found.setdefault(row["source"], []).append(task_from_row(row))
         return found
 
     def claim_next(self, now: float, node: str, lease_until: float) -> Task | None:
@@ -332,12 +344,12 @@ class SQLiteTaskStore:
                     return None
                 # Compare-and-set: another instance sharing the database may have claimed it meanwhile.
                 cur = self._db.execute(
-                    "UPDATE tasks SET status=?, node=?, lease_until=?, cancel_requested=0 "
+                    "UPDATE tasks SET status=?, node=?, lease_until=?, cancel_requested=0, converting=0 "
                     "WHERE id=? AND status=?",
                     (TaskStatus.PROCESSING.value, node, lease_until, row["id"], TaskStatus.PENDING.value),
                 )
                 if cur.rowcount == 1:
-                    task = _from_row(row)
+                    task = task_from_row(row)
                     task.status, task.node = TaskStatus.PROCESSING, node
                     return task
 
@@ -373,6 +385,38 @@ class SQLiteTaskStore:
                 (node, TaskStatus.PROCESSING.value),
             )
 
+    def lock_conversion(self, task: Task) -> str | None:
+        """Take the twin lock on (source digest, driver key, target) for ``task``: None when taken, else
+        the id of the task holding it ("" when that one let go meanwhile; try again later all the same)."""
+        with self._lock:
+            try:
+                # The key columns are written with the flag: the index checks the row as it is now.
+                self._db.execute(
+                    "UPDATE tasks SET converting=1, source_digest=?, driver_key=?, target=? WHERE id=?",
+                    (task.source_digest, task.driver_key, task.target, task.id),
+                )
+                return None
+            except sqlite3.IntegrityError:
+                row = self._db.execute(
+                    "SELECT id FROM tasks WHERE converting=1 AND status='PROCESSING' "
+                    "AND source_digest=? AND driver_key=? AND target=?",
+                    (task.source_digest, task.driver_key, task.target),
+                ).fetchone()
+        return str(row[0]) if row else ""
+
+    def unlock_conversion(self, task: Task) -> None:
+        """Let go of the twin lock; the twins waiting for it become runnable at once."""
+        with self.transaction():
+            self._db.execute("UPDATE tasks SET converting=0 WHERE id=?", (task.id,))
+            self._db.execute(
+                "UPDATE tasks SET not_before=0 WHERE status=? AND source_digest=? AND driver_key=? "
+                "AND target=? AND id<>?",
+                (TaskStatus.PENDING.value, task.source_digest, task.driver_key, task.target, task.id),
+            )
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """SQLite has no notifications: nodes sharing a file find each other's work by polling."""
+
     def next_wakeup(self) -> float | None:
         rows = self._query("SELECT MIN(not_before) FROM tasks WHERE status=?", (TaskStatus.PENDING.value,))
         value = rows[0][0]
@@ -387,11 +431,11 @@ class SQLiteTaskStore:
         """
         with self._lock:
             failed = self._db.execute(
-                "UPDATE tasks SET status=?, reason=?, finished=? "
+                "UPDATE tasks SET status=?, reason=?, finished=?, converting=0 "
                 "WHERE status=? AND lease_until<? AND attempts>=?",
                 (
                     TaskStatus.FAILED.value,
-                    "interrupted too many times (the service stopped during every attempt)",
+                    INTERRUPTED_TOO_OFTEN,
                     format_time(datetime.now().astimezone()),
                     TaskStatus.PROCESSING.value,
                     now,
@@ -399,7 +443,7 @@ class SQLiteTaskStore:
                 ),
             ).rowcount
             requeued = self._db.execute(
-                "UPDATE tasks SET status=?, not_before=0 WHERE status=? AND lease_until<?",
+                "UPDATE tasks SET status=?, not_before=0, converting=0 WHERE status=? AND lease_until<?",
                 (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value, now),
             ).rowcount
             if reset_waits:
@@ -410,34 +454,20 @@ class SQLiteTaskStore:
         return int(self._query("SELECT COUNT(*) FROM tasks WHERE status=?", (status.value,))[0][0])
 
     def summary(self, since: datetime) -> TaskSummary:
-        counts: dict[str, int] = {}
-        sums = [0, 0, 0]
         rows = self._query(
             "SELECT status, COUNT(*), SUM(bytes_in), SUM(bytes_out), SUM(cache_saved) FROM tasks "
             "WHERE status IN (?,?) OR (status IN (?,?,?) AND finished>=?) GROUP BY status",
-            (*_ACTIVE, *_FINAL, format_time(since)),
+            (*ACTIVE_STATUSES, *FINAL_STATUSES, format_time(since)),
         )
-        for row in rows:
-            counts[row[0]] = int(row[1])
-            if row[0] in _FINAL:
-                sums = [total + int(value or 0) for total, value in zip(sums, row[2:], strict=True)]
-        return TaskSummary(
-            since,
-            pending=counts.get(TaskStatus.PENDING.value, 0),
-            processing=counts.get(TaskStatus.PROCESSING.value, 0),
-            completed=counts.get(TaskStatus.COMPLETED.value, 0),
-            failed=counts.get(TaskStatus.FAILED.value, 0),
-            canceled=counts.get(TaskStatus.CANCELED.value, 0),
-            bytes_in=sums[0],
-            bytes_out=sums[1],
-            cache_saved=sums[2],
+        return TaskSummary.from_counts(
+            since, [(r[0], int(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0)) for r in rows]
         )
 
     def purge_finished(self, before: datetime) -> int:
         with self._lock:
             return self._db.execute(
                 "DELETE FROM tasks WHERE status IN (?,?,?) AND finished IS NOT NULL AND finished<?",
-                (*_FINAL, format_time(before)),
+                (*FINAL_STATUSES, format_time(before)),
             ).rowcount
 
     def ping(self) -> None:
