@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from accel.formats.soci import DEFAULT_SPAN_SIZE, build_ztoc, verify_ztoc  # noqa: E402
+from accel.formats.soci import DEFAULT_SPAN_SIZE, build_ztoc, inflate_library, verify_ztoc  # noqa: E402
 
 CACHE = ROOT / ".bench"
 LAYER = CACHE / "soci-usr-lib.tar.gz"
@@ -94,6 +94,7 @@ def main() -> None:
     )
     # On a shared machine the wall clock mostly measures other processes; CPU time is this one's own cost.
     print(f"               {cpu:.2f} s CPU  {raw / cpu / 1e6:.1f} MB/s per CPU-second")
+    print(f"inflate        {inflate_library()}")
     print(f"ztoc           {len(data) / 1e6:.2f} MB, {ztoc.max_span_id + 1} spans of {args.span_size} B")
     print(f"peak RSS       {peak_rss_mb():.1f} MB (after build)")
     if args.baseline:

@@ -14,6 +14,7 @@ follows soci-snapshotter's sources: ``ztoc/ztoc.go``, ``ztoc/toc_builder.go`` an
   :mod:`accel.oci.manifest` documents (``Descriptor``, ``Manifest``, ``Index``, ``Platform``).
 """
 
+from accel.formats.soci._zlib import library_name as inflate_library
 from accel.formats.soci.builder import (
     DEFAULT_BUILD_TOOL_IDENTIFIER,
     DEFAULT_MIN_LAYER_SIZE,
@@ -59,6 +60,7 @@ __all__ = [
     "build_ztoc",
     "convert_manifest",
     "extract",
+    "inflate_library",
     "layer_compression",
     "plan_layers",
     "read_file",

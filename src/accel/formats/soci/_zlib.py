@@ -1,9 +1,15 @@
-"""The few entry points of the system zlib (``libz.so.1``) that Python's ``zlib`` module does not expose.
+"""The few entry points of zlib that Python's ``zlib`` module does not expose.
 
 soci's checkpoints are taken at deflate block boundaries (``inflate(Z_BLOCK)`` and ``z_stream.data_type``),
 and extraction restarts mid-stream with ``inflatePrime`` + ``inflateSetDictionary``. Python's ``zlib``
 offers none of these, so we call the C library through ``ctypes``; ``inflateInit2_`` checks the size of
-our ``z_stream`` against its own, which catches a wrong structure layout.
+our stream structure against its own, which catches a wrong layout.
+
+The library is zlib-ng's native API where it can be had, from the ``zlib_ng`` package we depend on (its
+extension module exports the ``zng_*`` functions): its inflate is about 1.5 times the system zlib's here, and
+inflate is three quarters of building a zTOC. Block boundaries and windows are properties of the deflate
+stream, not of the decoder, so both give the same zTOC byte for byte. The system ``libz.so.1`` remains
+the fallback.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from functools import cache
+from typing import Any
 
 from accel.errors import FormatError
 
@@ -46,34 +53,64 @@ class ZStream(ctypes.Structure):
     ]
 
 
+class ZngStream(ctypes.Structure):
+    """zlib-ng's native ``zng_stream``: ``z_stream`` but for a 32-bit ``adler``."""
+
+    _fields_ = [
+        *(field for field in ZStream._fields_ if field[0] not in ("adler", "reserved")),
+        ("adler", ctypes.c_uint32),
+        ("reserved", ctypes.c_ulong),
+    ]
+
+
 class _Lib:
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        ptr = ctypes.POINTER(ZStream)
-        lib.zlibVersion.restype = ctypes.c_char_p
-        self.version: bytes = lib.zlibVersion()
-        self.inflateInit2_ = lib.inflateInit2_
+    def __init__(
+        self, lib: ctypes.CDLL, *, prefix: str = "", stream: type[ctypes.Structure] = ZStream
+    ) -> None:
+        self.stream = stream
+        ptr = ctypes.POINTER(stream)
+        version = getattr(lib, "zlibng_version" if prefix else "zlibVersion")
+        version.restype = ctypes.c_char_p
+        self.version: bytes = version()
+        self.name = f"zlib-ng {self.version.decode()}" if prefix else f"zlib {self.version.decode()}"
+
+        def entry(name: str) -> Any:
+            return getattr(lib, prefix + name)
+
+        self.inflateInit2_ = entry("inflateInit2_")
         self.inflateInit2_.argtypes = [ptr, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.inflateInit2_.restype = ctypes.c_int
-        self.inflate = lib.inflate
+        self.inflate = entry("inflate")
         self.inflate.argtypes = [ptr, ctypes.c_int]
         self.inflate.restype = ctypes.c_int
-        self.inflateReset2 = lib.inflateReset2
+        self.inflateReset2 = entry("inflateReset2")
         self.inflateReset2.argtypes = [ptr, ctypes.c_int]
         self.inflateReset2.restype = ctypes.c_int
-        self.inflateEnd = lib.inflateEnd
+        self.inflateEnd = entry("inflateEnd")
         self.inflateEnd.argtypes = [ptr]
         self.inflateEnd.restype = ctypes.c_int
-        self.inflatePrime = lib.inflatePrime
+        self.inflatePrime = entry("inflatePrime")
         self.inflatePrime.argtypes = [ptr, ctypes.c_int, ctypes.c_int]
         self.inflatePrime.restype = ctypes.c_int
-        self.inflateSetDictionary = lib.inflateSetDictionary
+        self.inflateSetDictionary = entry("inflateSetDictionary")
         self.inflateSetDictionary.argtypes = [ptr, ctypes.c_char_p, ctypes.c_uint]
         self.inflateSetDictionary.restype = ctypes.c_int
 
 
 @cache
 def lib() -> _Lib:
-    """The loaded system zlib; raises FormatError when it cannot be found."""
+    """zlib-ng if its package is installed, else the system zlib; FormatError when neither loads."""
+    try:
+        import zlib_ng.zlib_ng as zng
+
+        return _Lib(ctypes.CDLL(zng.__file__), prefix="zng_", stream=ZngStream)
+    except (ImportError, OSError, AttributeError):
+        pass
+    return system_lib()
+
+
+@cache
+def system_lib() -> _Lib:
     name = ctypes.util.find_library("z") or "libz.so.1"
     try:
         return _Lib(ctypes.CDLL(name))
@@ -84,13 +121,14 @@ def lib() -> _Lib:
 class Inflater:
     """One ``z_stream`` set up for inflating; the caller drives ``next_in``/``next_out`` directly."""
 
-    def __init__(self, window_bits: int) -> None:
-        self._lib = lib()
-        self.strm = ZStream()
+    def __init__(self, window_bits: int, library: _Lib | None = None) -> None:
+        self._open = False
+        self._lib = library or lib()
+        self.strm: ZStream = self._lib.stream()  # type: ignore[assignment]  # same fields the callers use
         self._ref = ctypes.byref(self.strm)
-        rc = self._lib.inflateInit2_(self._ref, window_bits, self._lib.version, ctypes.sizeof(ZStream))
+        rc = self._lib.inflateInit2_(self._ref, window_bits, self._lib.version, ctypes.sizeof(self.strm))
         if rc != Z_OK:
-            raise FormatError(f"zlib inflateInit2 failed ({rc})")
+            raise FormatError(f"{self._lib.name}: inflateInit2 failed ({rc})")
         self._open = True
 
     def inflate(self, flush: int) -> int:
@@ -124,3 +162,8 @@ class Inflater:
 def address(data: bytes) -> int:
     """Address of the first byte of an (immutable, kept-alive) bytes object."""
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
+def library_name() -> str:
+    """Which zlib inflates (``zlib-ng 2.3.3`` or ``zlib 1.2.13``), for benchmarks and diagnostics."""
+    return lib().name

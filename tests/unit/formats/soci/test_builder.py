@@ -184,3 +184,22 @@ def test_buffer_sizes_do_not_change_checkpoints(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(scan, "_IN_CHUNK", 777)
     monkeypatch.setattr(scan, "_RING", 40_000)
     assert build_ztoc(io.BytesIO(blob), span_size=SPAN).to_bytes() == ours
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_zlib_ng_and_the_system_zlib_give_the_same_ztoc(monkeypatch: pytest.MonkeyPatch, level: int) -> None:
+    """Checkpoints are the stream's block boundaries, whichever library inflates: the faster zlib-ng (the
+    default) and the system zlib agree byte for byte, and each one's checkpoints extract every file."""
+    from accel.formats.soci import _zlib
+
+    assert _zlib.lib().name.startswith("zlib-ng"), "the zlib_ng package is a dependency: it is used"
+    tar = small_layer() + layer_with([("big", tarfile.REGTYPE, payload(900_000, 5) + bytes(200_000))])
+    blob = _members(tar, [400_001], level)
+    with_ng = build_ztoc(io.BytesIO(blob), span_size=SPAN).to_bytes()
+    monkeypatch.setattr(_zlib, "lib", _zlib.system_lib)
+    assert _zlib.lib().name.startswith("zlib ")
+    with_system = build_ztoc(io.BytesIO(blob), span_size=SPAN).to_bytes()
+    assert with_ng == with_system
+    _check_files(tar, blob, with_system)
+    monkeypatch.undo()
+    _check_files(tar, blob, with_ng)
