@@ -8,7 +8,10 @@ BIN := $(VENV)/bin
 DEMO_PACKAGES := docker-registry skopeo libdeflate0
 TEST_PACKAGES := $(DEMO_PACKAGES) erofs-utils apache2-utils openssl containerd golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-vbatts-tar-split-dev golang-github-containers-storage-dev golang-github-hanwen-go-fuse-dev runc chromium chromium-driver postgresql
 
-.PHONY: demo test lint typecheck unit bench system-deps demo-deps clean
+# The benchmarks also run the references that no test needs: ctr-remote (eStargz end to end).
+BENCH_PACKAGES := $(TEST_PACKAGES) stargz-snapshotter
+
+.PHONY: demo test lint typecheck unit bench system-deps demo-deps bench-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +31,15 @@ define install_missing
 	fi
 endef
 
-# Everything the tests, the benchmarks and the demo use.
+# Everything the tests and the demo use.
 system-deps:
 	$(call install_missing,$(TEST_PACKAGES))
 
 demo-deps:
 	$(call install_missing,$(DEMO_PACKAGES))
+
+bench-deps:
+	$(call install_missing,$(BENCH_PACKAGES))
 
 demo: $(VENV)/.installed demo-deps
 	$(BIN)/python misc/demo.py
@@ -48,7 +54,7 @@ typecheck: $(VENV)/.installed
 test: $(VENV)/.installed system-deps lint typecheck
 	$(BIN)/pytest
 
-bench: $(VENV)/.installed system-deps
+bench: $(VENV)/.installed bench-deps
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -63,7 +63,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "compressed_size": r
 
 def ensure_layer() -> Path:
     CACHE.mkdir(exist_ok=True)
-    layer = CACHE / "usr-lib.tar"
+    layer = CACHE / "estargz-usr-lib.tar"  # bench_nydus caches all of /usr/lib as usr-lib.tar
     if not layer.exists():
         dirs = [d for d in LAYER_DIRS if (Path("/usr") / d).exists()]
         tmp = layer.with_suffix(".tmp")

@@ -20,6 +20,7 @@ ORDER = [
     "bench_cache.py",
     "bench_acceld.py",
     "bench_scale.py",
+    "bench_e2e.py",
 ]
 
 

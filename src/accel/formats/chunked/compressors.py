@@ -32,7 +32,7 @@ DEFAULT_GZIP_STRONG_LEVEL: Final = 9
 STRONG_WINDOW: Final = 1 << 20
 STRONG_EVERY: Final = 3
 DEFAULT_ISAL_LEVEL: Final = 2
-DEFAULT_LIBDEFLATE_LEVEL: Final = 6
+DEFAULT_LIBDEFLATE_LEVEL: Final = 5
 DEFAULT_ZSTD_LEVEL: Final = 3
 
 
@@ -230,8 +230,10 @@ def libdeflate_available() -> bool:
     return _LIBDEFLATE is not None
 
 
-# libdeflate 6 is both smaller than Go's gzip 9 output (-2.4 % on a 565 MB /usr/lib layer, -1.2 % on a
-# 433 MB /usr/share one) and ~1.6x cheaper than the zlib-ng 6/9 mix, which stays the fallback.
+# libdeflate's default level is the fastest whose output is no larger than Go's gzip 9 (estargz.Build's
+# default) on the benchmark layers (bench/bench_estargz.py, bench/bench_e2e.py): level 5 is 1.5 % smaller
+# on the 568 MB /usr/lib layer and 1.0 % on the 267 MB three-layer image, level 4 is 1.2 % and 0.3 %
+# larger; 5 takes 15 % less time than 6. The zlib-ng 6/9 mix stays the fallback.
 DEFAULT_BACKEND: Final[Backend] = "libdeflate" if _LIBDEFLATE is not None else "zlib-ng"
 
 

@@ -46,7 +46,7 @@ class BuildOptions:
     """Options of :func:`build`.
 
     ``backend`` defaults to libdeflate when the system has it, else zlib-ng. ``compression_level`` None
-    picks the backend's default (libdeflate 6, the zlib-ng 6/9 mix, isal 2, zstd 3). ``min_chunk_size``
+    picks the backend's default (libdeflate 5, the zlib-ng 6/9 mix, isal 2, zstd 3). ``min_chunk_size``
     merges a file's last piece into the previous chunk when it would be shorter (v0.12 readers have no
     ``innerOffset``, so small files never share a member). ``threads`` 0 = the CPUs available to us.
     """
