@@ -543,10 +543,7 @@ class TaskEngine:
             self._running[task.id] = cancel
             if task.id in self._cancel_requested:
                 cancel.set()
-        task.attempts += 1
-        task.started = task.started or utcnow()
-        task.reason = ""
-        self._save(task)
+        # The claim started this attempt (attempts, started, reason) in the same write.
         log.info("task started", extra={"task": task.id, "source": task.source, "attempt": task.attempts})
         try:
             self._run(task, cancel)

@@ -205,10 +205,10 @@ class PostgresTaskStore:
         with self._conn() as conn:
             row = conn.execute(
                 "UPDATE accel_tasks SET status=%s, node=%s, lease_until=%s, cancel_requested=FALSE, "
-                "converting=FALSE "
+                "converting=FALSE, attempts=attempts+1, started=COALESCE(started, %s), reason='' "
                 "WHERE id = (SELECT id FROM accel_tasks WHERE status=%s AND not_before<=%s "
                 "ORDER BY not_before, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
-                (_PROCESSING, node, lease_until, _PENDING, now),
+                (_PROCESSING, node, lease_until, format_time(utcnow()), _PENDING, now),
             ).fetchone()
         return task_from_row(row) if row else None
 

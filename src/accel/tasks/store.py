@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from accel.tasks.model import Task, TaskStatus, TaskSummary, format_time, parse_time
+from accel.tasks.model import Task, TaskStatus, TaskSummary, format_time, parse_time, utcnow
 
 ACTIVE_STATUSES = (TaskStatus.PENDING.value, TaskStatus.PROCESSING.value)
 FINAL_STATUSES = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value, TaskStatus.CANCELED.value)
@@ -115,7 +115,11 @@ class TaskStore(Protocol):
     def list_tasks(self, *, limit: int = 1000, status: TaskStatus | None = None) -> list[Task]: ...
     def find_active(self, source: str, driver_key: str) -> list[Task]: ...
     def find_active_many(self, sources: Sequence[str], driver_key: str) -> dict[str, list[Task]]: ...
-    def claim_next(self, now: float, node: str, lease_until: float) -> Task | None: ...
+    def claim_next(self, now: float, node: str, lease_until: float) -> Task | None:
+        """Claim the first runnable PENDING task for ``node`` under a lease, and start its attempt in the
+        same write (attempts + 1, ``started`` set once, ``reason`` cleared)."""
+        ...
+
     def renew(self, node: str, task_ids: Sequence[str], lease_until: float) -> set[str]: ...
     def request_cancel(self, task_id: str) -> bool: ...
     def release(self, node: str) -> None: ...
@@ -343,14 +347,24 @@ class SQLiteTaskStore:
                 if row is None:
                     return None
                 # Compare-and-set: another instance sharing the database may have claimed it meanwhile.
+                started = format_time(utcnow())
                 cur = self._db.execute(
-                    "UPDATE tasks SET status=?, node=?, lease_until=?, cancel_requested=0, converting=0 "
-                    "WHERE id=? AND status=?",
-                    (TaskStatus.PROCESSING.value, node, lease_until, row["id"], TaskStatus.PENDING.value),
+                    "UPDATE tasks SET status=?, node=?, lease_until=?, cancel_requested=0, converting=0, "
+                    "attempts=attempts+1, started=COALESCE(started, ?), reason='' WHERE id=? AND status=?",
+                    (
+                        TaskStatus.PROCESSING.value,
+                        node,
+                        lease_until,
+                        started,
+                        row["id"],
+                        TaskStatus.PENDING.value,
+                    ),
                 )
                 if cur.rowcount == 1:
                     task = task_from_row(row)
-                    task.status, task.node = TaskStatus.PROCESSING, node
+                    task.status, task.node, task.reason = TaskStatus.PROCESSING, node, ""
+                    task.attempts += 1
+                    task.started = task.started or parse_time(started)
                     return task
 
     def renew(self, node: str, task_ids: Sequence[str], lease_until: float) -> set[str]:
