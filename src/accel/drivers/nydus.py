@@ -9,10 +9,11 @@ writes them, so nydusd, nydus-snapshotter and Harbor recognise the image.
 Options (upstream's names; every value a string): ``fs_version`` (6), ``compressor`` (zstd, lz4_block,
 none), ``fs_chunk_size`` (hex power of two, default 0x100000), ``digester`` (blake3, sha256),
 ``prefetch_patterns`` (newline-separated absolute paths), ``with_referrer`` (a ``subject`` to the source
-manifest: Harbor shows the result as an accessory), ``merge_manifest`` (an index of the original and the
-Nydus manifests, the Nydus entries marked by their ``artifactType``). Upstream's ``work_dir``,
-``builder`` and ``docker2oci`` are accepted and have no effect: no external builder runs and the output
-is always OCI.
+manifest: Harbor shows the result as an accessory), ``merge_manifest`` (an index of the OCI and the
+Nydus manifests, the Nydus entries marked by their ``artifactType``; the OCI manifest gets an empty
+first layer as upstream's does, or stays the original with ``merge_keep_original``, our addition).
+Upstream's ``work_dir``, ``builder`` and ``docker2oci`` are accepted and have no effect: no external
+builder runs and the output is always OCI.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from accel.formats.layercodec import decompressed, gzip_compress
 from accel.formats.nydus.tail import read_layer_meta
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
-from accel.oci.manifest import Descriptor
+from accel.oci.manifest import Descriptor, ImageConfig, Manifest
 
 FS_VERSION = "containerd.io/snapshot/nydus-fs-version"
 BUILDER_VERSION = "containerd.io/snapshot/nydus-builder-version"
@@ -62,6 +63,7 @@ _OPTIONS = (
     "prefetch_patterns",
     "with_referrer",
     "merge_manifest",
+    "merge_keep_original",
     "docker2oci",
     "work_dir",
     "builder",
@@ -104,6 +106,7 @@ class NydusDriver(Driver[_LayerMeta]):
             raise ConfigError(f"converter.driver.config: {exc}") from None
         self.with_referrer = bool_option(options, "with_referrer")
         self.merge_manifest = bool_option(options, "merge_manifest")
+        self.merge_keep_original = bool_option(options, "merge_keep_original")
 
     def output_options(self) -> Mapping[str, Any]:
         o = self.build_options
@@ -114,6 +117,7 @@ class NydusDriver(Driver[_LayerMeta]):
             "prefetch": "|".join(o.prefetch_patterns),
             "with_referrer": self.with_referrer,
             "merge_manifest": self.merge_manifest,
+            "merge_keep_original": self.merge_keep_original,
         }
 
     def convert_layer(
@@ -182,12 +186,13 @@ class NydusDriver(Driver[_LayerMeta]):
         if self.with_referrer:
             converted.manifest.subject = image.descriptor()
         if self.merge_manifest:
-            # One index serves both kinds of clients: the original manifest first (runtimes without Nydus
-            # take the first match), then the Nydus one marked by its artifactType. Unlike upstream we
-            # keep the original manifest as it is (upstream prepends an empty layer, which changes the
-            # layer chain so runtimes cannot share unpacked layers with the original image).
-            original = image.descriptor().replace(platform=image.platform)
-            converted.artifacts.append(Artifact(image.manifest, index_entry=original, first=True))
+            # One index serves both kinds of clients: the OCI manifest first (runtimes without Nydus take
+            # the first match), then the Nydus one marked by its artifactType.
+            if self.merge_keep_original:
+                original = image.descriptor().replace(platform=image.platform)
+                converted.artifacts.append(Artifact(image.manifest, index_entry=original, first=True))
+            else:
+                converted.artifacts.append(_with_empty_first_layer(image, ctx))
             converted.entry_artifact_type = mt.NYDUS_ARTIFACT
         return converted
 
@@ -198,3 +203,45 @@ class NydusDriver(Driver[_LayerMeta]):
             FS_VERSION: "6",
             BUILDER_VERSION: f"accel-{__version__}",
         }
+
+
+# The empty layer upstream's merge_manifest puts first: gzip (as Go writes it) of an empty tar, 1,024 zero
+# bytes. Its digest and diff_id are the well-known ones of Docker's empty layer.
+EMPTY_LAYER = bytes.fromhex("1f8b08000000000000ff621805a360148c5800080000ffff2eafb5ef00040000")
+EMPTY_LAYER_DIGEST = "sha256:4f4fb700ef54461cfa02571ae0db9a0dc1e0cdb5577484a6d75e68dc38e8acc1"
+EMPTY_LAYER_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+EMPTY_LAYER_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Empty Layer"}
+
+
+def _with_empty_first_layer(image: SourceImage, ctx: DriverContext) -> Artifact:
+    """The source manifest as upstream's ``merge_manifest`` lists it: an empty layer first (annotated
+    ``nydus-empty-layer``), its diff_id and a history entry without a timestamp first in the config, the
+    source digest annotated. The layer chain then differs from the original image's, so a runtime never
+    reuses the original's unpacked snapshots for it (nor, through them, for the Nydus manifest); and the
+    same source always gives the same digests."""
+    docker = image.manifest.media_type == mt.DOCKER_MANIFEST
+    ctx.put_blob(EMPTY_LAYER)
+    empty = Descriptor(
+        media_type=mt.DOCKER_LAYER_GZIP if docker else mt.OCI_LAYER_GZIP,
+        digest=EMPTY_LAYER_DIGEST,
+        size=len(EMPTY_LAYER),
+        annotations={keys.NYDUS_EMPTY_LAYER: "true"},
+    )
+    config = ImageConfig.from_json(image.config.to_json())
+    config.diff_ids = [EMPTY_LAYER_DIFF_ID, *config.diff_ids]
+    config.history = [dict(EMPTY_LAYER_HISTORY), *config.history]
+    config_bytes = config.to_bytes()
+    config_media_type = mt.DOCKER_CONFIG if docker else mt.OCI_CONFIG
+    manifest = Manifest(
+        config=Descriptor(config_media_type, ctx.put_blob(config_bytes), len(config_bytes)),
+        layers=[empty, *image.manifest.layers],
+        media_type=image.manifest.media_type or mt.OCI_MANIFEST,
+        annotations={**image.manifest.annotations, keys.NYDUS_SOURCE_DIGEST: image.digest},
+    )
+    entry = Descriptor.of(
+        manifest.to_bytes(),
+        manifest.media_type or mt.OCI_MANIFEST,
+        platform=image.platform,
+        annotations={keys.NYDUS_SOURCE_DIGEST: image.digest},
+    )
+    return Artifact(manifest, index_entry=entry, first=True)

@@ -22,13 +22,14 @@ import pytest
 
 from accel.config import RegistryClientConfig
 from accel.converter import Converter
+from accel.drivers.nydus import EMPTY_LAYER_DIFF_ID, EMPTY_LAYER_DIGEST
 from accel.formats.nydus import extract_via_toc, read_blob, validate
 from accel.formats.nydus.reader import Bootstrap
 from accel.formats.nydus.tail import read_layer_meta
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
 from accel.oci.layout import OCILayout
-from accel.oci.manifest import Manifest
+from accel.oci.manifest import ImageConfig, Manifest
 from accel.registry import RegistryClient
 from tests.interop.nydus.erofs_tools import drop, fsck_extract, kernel_mount, snapshot, tool186
 from tests.support.configs import make_config
@@ -423,19 +424,53 @@ def _copy_all(server: RegistryServer, ref: str, dest: Path, *, every: bool = Tru
 
 
 def test_merge_manifest_single_platform(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    """Upstream's merged index: the OCI manifest gets an empty first layer, so its layer chain (and the
+    snapshots a runtime unpacks for it) differs from the original image's; the same source gives the same
+    digests every time."""
     image = build_rich_image(tmp_path / "src", big_zero_size=1 << 16)
     target, digest = _convert(
         registry_plain, tmp_path, image, "nydus-e2e/merged1", {"merge_manifest": "true"}
     )
-    index = _merged_index(registry_plain, target)
-    entries = index["manifests"]
-    assert entries[0]["digest"] == digest
-    assert "artifactType" not in entries[0]
-    assert entries[0]["platform"] == entries[1]["platform"] == {"architecture": "amd64", "os": "linux"}
+    entries = _merged_index(registry_plain, target)["manifests"]
     assert len(entries) == 2 and entries[1]["artifactType"] == mt.NYDUS_ARTIFACT
+    assert entries[0]["digest"] != digest and "artifactType" not in entries[0]
+    assert entries[0]["annotations"] == {keys.NYDUS_SOURCE_DIGEST: digest}
+    assert entries[0]["platform"] == entries[1]["platform"] == {"architecture": "amd64", "os": "linux"}
+    again, _ = _convert(registry_plain, tmp_path, image, "nydus-e2e/merged1b", {"merge_manifest": "true"})
+    assert _merged_index(registry_plain, again)["manifests"][0]["digest"] == entries[0]["digest"]
+
+    # A client without Nydus support picks the first matching entry: the original's layers, after one
+    # empty layer whose diff_id and history entry lead the config.
+    _copy_all(registry_plain, target, tmp_path / "one", every=False)
+    one = OCILayout(tmp_path / "one")
+    pulled = one.read_document(one.resolve("x"))
+    assert isinstance(pulled, Manifest)
+    first, *rest = pulled.layers
+    assert [layer.digest for layer in rest] == [layer.digest for layer in image.images[0].layers]
+    assert (first.digest, first.size, first.annotations) == (
+        EMPTY_LAYER_DIGEST,
+        32,
+        {keys.NYDUS_EMPTY_LAYER: "true"},
+    )
+    assert gzip.decompress(one.read_blob(first.digest)) == bytes(1024)
+    config = ImageConfig.from_json(one.read_blob(pulled.config.digest))
+    original = image.images[0].config
+    assert config.diff_ids == [EMPTY_LAYER_DIFF_ID, *original.diff_ids]
+    assert config.history == [
+        {"created_by": "Nydus Converter", "comment": "Nydus Empty Layer"},
+        *original.history,
+    ]
+    assert pulled.annotations[keys.NYDUS_SOURCE_DIGEST] == digest
     _copy_all(registry_plain, target, tmp_path / "out")
     assert len(OCILayout(tmp_path / "out").index().manifests) == 1
-    # A client without Nydus support picks the first matching entry: the original image.
+
+
+def test_merge_manifest_can_keep_the_original(registry_plain: RegistryServer, tmp_path: Path) -> None:
+    image = build_rich_image(tmp_path / "src", big_zero_size=1 << 16)
+    options = {"merge_manifest": "true", "merge_keep_original": "true"}
+    target, digest = _convert(registry_plain, tmp_path, image, "nydus-e2e/merged-keep", options)
+    entries = _merged_index(registry_plain, target)["manifests"]
+    assert entries[0]["digest"] == digest and "artifactType" not in entries[0]
     _copy_all(registry_plain, target, tmp_path / "one", every=False)
     one = OCILayout(tmp_path / "one")
     pulled = one.read_document(one.resolve("x"))
@@ -451,7 +486,8 @@ def test_merge_manifest_two_platforms(registry_plain: RegistryServer, tmp_path: 
     for built, (orig, nydus_entry) in zip(
         image.images, zip(entries[::2], entries[1::2], strict=True), strict=True
     ):
-        assert orig["digest"] == built.descriptor.digest and "artifactType" not in orig
+        assert orig["annotations"][keys.NYDUS_SOURCE_DIGEST] == built.descriptor.digest
+        assert orig["digest"] != built.descriptor.digest and "artifactType" not in orig
         assert nydus_entry["artifactType"] == mt.NYDUS_ARTIFACT
         assert orig["platform"] == nydus_entry["platform"]
         assert orig["platform"]["architecture"] == built.platform.architecture
