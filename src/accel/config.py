@@ -156,6 +156,15 @@ class ProviderConfig(_Strict):
     """*new*: empty: tasks and the layer-cache index in SQLite under ``work_dir`` (one node); a
     ``postgresql://user:password@host:port/dbname`` DSN: both in that database, shared by every node."""
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _empty_hosts(cls, value: Any) -> Any:
+        # Upstream's sample configs list a host whose keys are all commented out: YAML reads it as null,
+        # which Go decodes as an all-defaults struct.
+        if isinstance(value, dict):
+            return {host: {} if entry is None else entry for host, entry in value.items()}
+        return value
+
     @field_validator("database")
     @classmethod
     def _known_database(cls, value: str) -> str:

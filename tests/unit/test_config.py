@@ -58,6 +58,52 @@ def test_every_example_config_loads_and_makes_its_driver() -> None:
         assert driver.name in path.name or path.name == "config.yaml"
 
 
+UPSTREAM_SAMPLES = Path(__file__).parents[1] / "data" / "upstream-config"
+
+
+@pytest.mark.parametrize(
+    "name", ["config.nydus.yaml", "config.estargz.yaml", "config.estargz.zstdchunked.yaml"]
+)
+def test_upstream_sample_configs_load_unchanged(name: str) -> None:
+    config = load_config(UPSTREAM_SAMPLES / name)
+    # Their `localhost:` host has every key commented out (YAML null): an all-defaults source, as in Go.
+    assert config.provider.source["localhost"].auth == ""
+    assert config.provider.source["hub.harbor.com"].webhook.auth_header == "header"
+    driver = create_driver(config.converter.driver)
+    assert driver.name == ("zstdchunked" if "zstdchunked" in name else name.split(".")[1])
+
+
+def test_upstream_zran_sample_is_refused_with_the_reason() -> None:
+    config = load_config(UPSTREAM_SAMPLES / "config.nydus.ref.yaml")
+    with pytest.raises(ConfigError) as raised:
+        create_driver(config.converter.driver)
+    assert raised.value.message.startswith("converter.driver.config.oci_ref: not supported: ")
+    assert "zran" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("chunk_dict_ref", "r.example/dict:v1"),
+        ("batch_size", "0x100000"),
+        ("fs_align_chunk", "true"),
+        ("encrypt_recipients", "jwe:key.pem"),
+        ("backend_type", "oss"),
+    ],
+)
+def test_nydus_options_not_built_yet_are_refused_and_their_off_values_accepted(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: not supported"):
+        create_driver(
+            parse_config(
+                {"converter": {"driver": {"type": "nydus", "config": {key: value}}}}
+            ).converter.driver
+        )
+    off = "false" if key == "fs_align_chunk" else ("0" if key == "batch_size" else "")
+    create_driver(
+        parse_config({"converter": {"driver": {"type": "nydus", "config": {key: off}}}}).converter.driver
+    )
+
+
 def test_the_kubernetes_example_carries_a_valid_config() -> None:
     manifests = Path(__file__).parents[2] / "misc" / "deploy" / "kubernetes" / "acceld.yaml"
     documents = {doc["kind"]: doc for doc in yaml.safe_load_all(manifests.read_text())}
