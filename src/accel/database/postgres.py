@@ -66,8 +66,12 @@ class PostgresDatabase:
         application_name: str = "acceld",
     ) -> None:
         import psycopg
-        from psycopg_pool import ConnectionPool
+        from psycopg.rows import tuple_row
+        from psycopg_pool import ConnectionPool, PoolTimeout
 
+        # Resolved once: connection() is on every query's path.
+        self._tuple_row = tuple_row
+        self._unreachable: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
         self.display = redact_dsn(dsn)
         self._dsn = dsn
         self._last_used: dict[int, float] = {}  # id(connection) -> when it last answered
@@ -109,18 +113,14 @@ class PostgresDatabase:
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled autocommit connection yielding tuples (a user may set another ``row_factory``); use
         ``conn.transaction()`` for several statements at once."""
-        import psycopg
-        from psycopg.rows import tuple_row
-        from psycopg_pool import PoolTimeout
-
         try:
             with self._pool.connection() as conn:
-                conn.row_factory = tuple_row  # as the pool made it, whatever the last user chose
+                conn.row_factory = self._tuple_row  # as the pool made it, whatever the last user chose
                 try:
                     yield conn
                 finally:
                     self._last_used[id(conn)] = time.monotonic()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except self._unreachable as exc:
             raise DatabaseUnavailableError(f"database {self.display}: {_first_line(exc)}") from None
 
     def migrate(self, component: str, migrations: Sequence[Migration]) -> int:

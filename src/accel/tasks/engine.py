@@ -35,7 +35,6 @@ from accel.tasks.store import TaskStore
 
 log = logging.getLogger("accel.tasks")
 
-# How long a task waits for a twin (same digest) before looking again; the twin's end releases it earlier.
 _PURGE_EVERY = 60.0
 
 

@@ -78,10 +78,17 @@ MIGRATIONS = (
 
 _INSERT = f"INSERT INTO accel_tasks ({','.join(COLUMNS)}) VALUES ({','.join(['%s'] * len(COLUMNS))})"
 _UPDATE = f"UPDATE accel_tasks SET {','.join(f'{c}=%s' for c in COLUMNS[1:])} WHERE id=%s"
-# Wraps an ``UPDATE … RETURNING 1``: other nodes are told only when a row changed, in the same statement.
-_NOTIFYING = (
-    "WITH changed AS ({}) SELECT pg_notify(%s, '') FROM (SELECT 1 FROM changed LIMIT 1) AS any_changed"
-)
+_UPDATE_IF = _UPDATE + " AND status=%s RETURNING 1"
+
+
+def _notifying(update: str) -> str:
+    """``update`` (``… RETURNING 1``) that also tells the other nodes, in the same statement, when a row
+    changed (the channel is the last parameter)."""
+    return f"WITH changed AS ({update}) SELECT pg_notify(%s, '') FROM (SELECT 1 FROM changed LIMIT 1) AS c"
+
+
+_SAVE_NOTIFYING = _notifying(_UPDATE + " RETURNING 1")
+_UPDATE_IF_NOTIFYING = _notifying(_UPDATE_IF)
 
 
 class PostgresTaskStore:
@@ -107,10 +114,10 @@ class PostgresTaskStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        if getattr(self._local, "conn", None) is not None:
-            yield
-            return
-        with self._conn() as conn, conn.transaction():
+        with self._atomic() as conn:
+            if getattr(self._local, "conn", None) is conn:
+                yield  # nested: joins the outer transaction
+                return
             self._local.conn = conn
             try:
                 yield
@@ -153,18 +160,17 @@ class PostgresTaskStore:
         with self._conn() as conn:
             # One statement, one round trip: the write and, for runnable work, the wake-up (atomically).
             if task.status is TaskStatus.PENDING and task.not_before == 0:
-                conn.execute(_NOTIFYING.format(_UPDATE + " RETURNING 1"), (*row[1:], row[0], CHANNEL))
+                conn.execute(_SAVE_NOTIFYING, (*row[1:], row[0], CHANNEL))
             else:
                 conn.execute(_UPDATE, (*row[1:], row[0]))
 
     def save_if(self, task: Task, expected: TaskStatus) -> bool:
         row = task_to_row(task)
-        update = _UPDATE + " AND status=%s RETURNING 1"
         with self._conn() as conn:
             if task.status is TaskStatus.PENDING:
-                cur = conn.execute(_NOTIFYING.format(update), (*row[1:], row[0], expected.value, CHANNEL))
+                cur = conn.execute(_UPDATE_IF_NOTIFYING, (*row[1:], row[0], expected.value, CHANNEL))
             else:
-                cur = conn.execute(update, (*row[1:], row[0], expected.value))
+                cur = conn.execute(_UPDATE_IF, (*row[1:], row[0], expected.value))
             return cur.fetchone() is not None
 
     def get(self, task_id: str) -> Task | None:
@@ -234,12 +240,11 @@ class PostgresTaskStore:
         return bool(cur.rowcount == 1)
 
     def release(self, node: str) -> None:
-        with self._conn() as conn, conn.transaction():
-            cur = conn.execute(
-                "UPDATE accel_tasks SET lease_until=0 WHERE node=%s AND status=%s", (node, _PROCESSING)
+        with self._conn() as conn:
+            conn.execute(
+                _notifying("UPDATE accel_tasks SET lease_until=0 WHERE node=%s AND status=%s RETURNING 1"),
+                (node, _PROCESSING, CHANNEL),
             )
-            if cur.rowcount:
-                self._notify(conn)
 
     def lock_conversion(self, task: Task) -> str | None:
         import psycopg
@@ -255,15 +260,16 @@ class PostgresTaskStore:
                 return None
             except psycopg.errors.UniqueViolation:
                 row = conn.execute(
-                    "SELECT id FROM accel_tasks WHERE converting AND status='PROCESSING' "
+                    "SELECT id FROM accel_tasks WHERE converting AND status=%s "
                     "AND source_digest=%s AND driver_key=%s AND target=%s",
-                    (task.source_digest, task.driver_key, task.target),
+                    (_PROCESSING, task.source_digest, task.driver_key, task.target),
                 ).fetchone()
         # The owner may have finished between the two statements: then try again later all the same.
         return str(row["id"]) if row else ""
 
     def unlock_conversion(self, task: Task) -> None:
         with self._conn() as conn:
+            # One statement: the lock goes and the twins waiting for it are woken (and told) together.
             conn.execute(
                 "WITH unlocked AS (UPDATE accel_tasks SET converting=FALSE WHERE id=%s), "
                 "woken AS (UPDATE accel_tasks SET not_before=0 WHERE status=%s AND source_digest=%s "

@@ -61,6 +61,9 @@ _ADDED_COLUMNS = {
     "converting": "INTEGER NOT NULL DEFAULT 0",
 }
 INTERRUPTED_TOO_OFTEN = "interrupted too many times (the service stopped during every attempt)"
+_INSERT = f"INSERT INTO tasks ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})"
+_UPDATE = f"UPDATE tasks SET {','.join(f'{c}=?' for c in COLUMNS[1:])} WHERE id=?"
+_UPDATE_IF = _UPDATE + " AND status=?"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -254,10 +257,8 @@ class SQLiteTaskStore:
 
         Inside :meth:`transaction` the rows become durable only when that transaction commits.
         """
-        marks = ",".join("?" * len(COLUMNS))
-        sql = f"INSERT INTO tasks ({','.join(COLUMNS)}) VALUES ({marks})"
         with self.transaction():
-            self._db.executemany(sql, [task_to_row(t) for t in tasks])
+            self._db.executemany(_INSERT, [task_to_row(t) for t in tasks])
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -286,19 +287,15 @@ class SQLiteTaskStore:
             self._db.executemany("DELETE FROM tasks WHERE id=?", [(i,) for i in task_ids])
 
     def save(self, task: Task) -> None:
-        sets = ",".join(f"{c}=?" for c in COLUMNS[1:])
         row = task_to_row(task)
         with self._lock:
-            self._db.execute(f"UPDATE tasks SET {sets} WHERE id=?", (*row[1:], row[0]))
+            self._db.execute(_UPDATE, (*row[1:], row[0]))
 
     def save_if(self, task: Task, expected: TaskStatus) -> bool:
         """Save only if the stored status is still ``expected`` (a worker may have claimed it meanwhile)."""
-        sets = ",".join(f"{c}=?" for c in COLUMNS[1:])
         row = task_to_row(task)
         with self._lock:
-            cur = self._db.execute(
-                f"UPDATE tasks SET {sets} WHERE id=? AND status=?", (*row[1:], row[0], expected.value)
-            )
+            cur = self._db.execute(_UPDATE_IF, (*row[1:], row[0], expected.value))
             return cur.rowcount == 1
 
     def get(self, task_id: str) -> Task | None:
@@ -316,11 +313,7 @@ class SQLiteTaskStore:
         return [task_from_row(r) for r in rows]
 
     def find_active(self, source: str, driver_key: str) -> list[Task]:
-        rows = self._query(
-            "SELECT * FROM tasks WHERE source=? AND driver_key=? AND status IN (?,?) ORDER BY rowid",
-            (source, driver_key, *ACTIVE_STATUSES),
-        )
-        return [task_from_row(r) for r in rows]
+        return self.find_active_many([source], driver_key).get(source, [])
 
     def find_active_many(self, sources: Sequence[str], driver_key: str) -> dict[str, list[Task]]:
         """:meth:`find_active` for many sources with one query per 500 (a large webhook's resources)."""
@@ -412,9 +405,9 @@ class SQLiteTaskStore:
                 return None
             except sqlite3.IntegrityError:
                 row = self._db.execute(
-                    "SELECT id FROM tasks WHERE converting=1 AND status='PROCESSING' "
+                    "SELECT id FROM tasks WHERE converting=1 AND status=? "
                     "AND source_digest=? AND driver_key=? AND target=?",
-                    (task.source_digest, task.driver_key, task.target),
+                    (TaskStatus.PROCESSING.value, task.source_digest, task.driver_key, task.target),
                 ).fetchone()
         return str(row[0]) if row else ""
 
@@ -450,7 +443,7 @@ class SQLiteTaskStore:
                 (
                     TaskStatus.FAILED.value,
                     INTERRUPTED_TOO_OFTEN,
-                    format_time(datetime.now().astimezone()),
+                    format_time(utcnow()),
                     TaskStatus.PROCESSING.value,
                     now,
                     max_attempts,
