@@ -39,7 +39,7 @@ from accel.server.payload import (
     parse_event,
     parse_reference,
 )
-from accel.tasks import Intake, Task, TaskEngine, TaskStatus, TaskStoreUnavailableError
+from accel.tasks import Intake, Submitted, Task, TaskEngine, TaskStatus, TaskStoreUnavailableError
 
 log = logging.getLogger("accel.server")
 
@@ -396,12 +396,9 @@ async def submit_conversion(request: Request, services: _Services) -> Response:
     if auth.find_source(services.config, ref.host) is None:
         # Not a malformed request but one this service may not act on: only configured hosts are contacted.
         raise auth.ForbiddenError(f"registry host {ref.host!r} is not a configured source (provider.source)")
-    submitted = await run_in_threadpool(
-        services.engine.submit_many, [(wanted.source, ref.digest)], intake=Intake()
-    )
-    for item in submitted:
-        services.metrics.webhook_events.labels("merged" if item.merged else "queued").inc()
-        log.info("task submitted", extra={"task": item.task.id, "source": wanted.source})
+    requests = [(wanted.source, ref.digest)]
+    submitted = await run_in_threadpool(services.engine.submit_many, requests, intake=Intake())
+    _record_submitted(services.metrics, requests, submitted, operator="")
     return JSONResponse([_view(item.task) for item in submitted])
 
 
@@ -562,13 +559,20 @@ def _enqueue(
     if not wanted:
         return []
     submitted = engine.submit_many(wanted, intake=intake)
-    for (source, _), item in zip(wanted, submitted, strict=True):
+    _record_submitted(metrics, wanted, submitted, operator)
+    return list(dict.fromkeys(item.task.id for item in submitted))
+
+
+def _record_submitted(
+    metrics: Metrics, requests: list[tuple[str, str]], submitted: list[Submitted], operator: str
+) -> None:
+    """Count and log what became of each requested conversion (webhook or API submit alike)."""
+    for (source, _), item in zip(requests, submitted, strict=True):
         metrics.webhook_events.labels("merged" if item.merged else "queued").inc()
         log.info(
             "merged into queued task" if item.merged else "task queued",
             extra={"task": item.task.id, "source": source, "operator": operator},
         )
-    return list(dict.fromkeys(item.task.id for item in submitted))
 
 
 def _skip_reason(config: Config, operator: str, resource: Resource, ref: Reference) -> str:
