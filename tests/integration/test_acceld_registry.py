@@ -215,7 +215,11 @@ def test_webhook_answer_tells_the_truth(
     assert count_tasks(daemon) == 0
     hold = fault_proxy.hold("GET", r"/manifests/", after=0, times=8)  # the workers' first reads wait
     try:
-        answers = [daemon.webhook(payload) for _ in range(3)]  # Harbor's redeliveries
+        answers = [daemon.webhook(payload)]  # Harbor's first redelivery saves the tasks
+        # The next redeliveries arrive once a worker is in the middle of a task (held on its first read),
+        # not whenever the worker threads happen to get there.
+        assert hold.reached.wait(30), "a worker started on the saved tasks"
+        answers += [daemon.webhook(payload) for _ in range(2)]
     finally:
         hold.release.set()
     assert [a.status_code for a in answers] == [200] * 3
