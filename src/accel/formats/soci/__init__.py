@@ -14,7 +14,6 @@ follows soci-snapshotter's sources: ``ztoc/ztoc.go``, ``ztoc/toc_builder.go`` an
   :mod:`accel.oci.manifest` documents (``Descriptor``, ``Manifest``, ``Index``, ``Platform``).
 """
 
-from accel.formats.soci._zlib import library_name as inflate_library
 from accel.formats.soci.builder import (
     DEFAULT_BUILD_TOOL_IDENTIFIER,
     DEFAULT_MIN_LAYER_SIZE,
@@ -41,6 +40,7 @@ from accel.formats.soci.index import (
 from accel.formats.soci.toc import FileMetadata
 from accel.formats.soci.verify import VerifyReport, verify_ztoc
 from accel.formats.soci.ztoc import GZIP, UNCOMPRESSED, ZTOC_MEDIA_TYPE, Ztoc, read_ztoc
+from accel.formats.zran import library_name as inflate_library
 
 __all__ = [
     "DEFAULT_BUILD_TOOL_IDENTIFIER",

@@ -3,76 +3,22 @@
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from accel.errors import FormatError
-from accel.formats.soci import _zlib
 from accel.formats.soci.zinfo import Checkpoint, decode_gzip_zinfo
 from accel.formats.soci.ztoc import GZIP, Ztoc
 from accel.formats.tar import clean_path
-
-_OUT = 1 << 18
-_GZIP_TRAILER = 8
+from accel.formats.zran import inflate_from
 
 
-def inflate_from(cp: Checkpoint, compressed: Iterable[bytes]) -> Iterator[bytes]:
-    """Uncompressed output from ``cp.uncompressed`` on, ``compressed`` yields bytes from ``cp.span_start``.
-
-    Crosses gzip member boundaries: after a raw deflate stream ends, its 8-byte trailer is skipped and the
-    next member's header is parsed (window bits 47) before inflating on.
-    """
-    z = _zlib.Inflater(_zlib.WINDOW_BITS_RAW)
-    strm = z.strm
-    out = ctypes.create_string_buffer(_OUT)
-    out_addr = ctypes.addressof(out)
-    raw_mode = True
-    skip_trailer = 0
-    first = True
+def inflate_at(cp: Checkpoint, compressed: Iterable[bytes]) -> Iterator[bytes]:
+    """Uncompressed output from ``cp.uncompressed`` on; ``compressed`` yields bytes from ``cp.span_start``."""
     try:
-        for chunk in compressed:
-            if first and chunk:
-                first = False
-                if cp.bits:
-                    z.prime(cp.bits, chunk[0] >> (8 - cp.bits))
-                    chunk = chunk[1:]
-                z.set_dictionary(cp.window)
-            if skip_trailer:
-                cut = min(skip_trailer, len(chunk))
-                skip_trailer -= cut
-                chunk = chunk[cut:]
-            strm.next_in = _zlib.address(chunk)
-            strm.avail_in = len(chunk)
-            pos = 0
-            while strm.avail_in:
-                strm.next_out = out_addr
-                strm.avail_out = _OUT
-                before = strm.avail_in
-                ret = z.inflate(_zlib.Z_NO_FLUSH)
-                pos += before - strm.avail_in
-                made = _OUT - strm.avail_out
-                if made:
-                    yield ctypes.string_at(out_addr, made)
-                if ret == _zlib.Z_STREAM_END:
-                    rest = chunk[pos:]
-                    if raw_mode:
-                        cut = min(_GZIP_TRAILER, len(rest))
-                        skip_trailer = _GZIP_TRAILER - cut
-                        rest = rest[cut:]
-                        raw_mode = False
-                    z.reset(_zlib.WINDOW_BITS_AUTO)
-                    chunk, pos = rest, 0
-                    strm.next_in = _zlib.address(chunk)
-                    strm.avail_in = len(chunk)
-                elif ret not in (_zlib.Z_OK, _zlib.Z_BUF_ERROR):
-                    raise FormatError(f"cannot inflate from checkpoint at {cp.compressed}: {z.message()}")
-                elif ret == _zlib.Z_BUF_ERROR and before == strm.avail_in and not made:
-                    break
-        if first:
-            raise FormatError(f"no compressed data at checkpoint {cp.compressed}")
-    finally:
-        z.close()
+        yield from inflate_from(compressed, window=cp.window, bits=cp.bits)
+    except FormatError as exc:
+        raise FormatError(f"checkpoint at {cp.compressed}: {exc.reason}") from None
 
 
 def _read_from(layer: BinaryIO, start: int) -> Iterator[bytes]:
@@ -100,7 +46,7 @@ def extract(ztoc: Ztoc, layer: BinaryIO, offset: int, size: int) -> bytes:
     skip = offset - cp.uncompressed
     parts: list[bytes] = []
     have = 0
-    for piece in inflate_from(cp, _read_from(layer, cp.span_start)):
+    for piece in inflate_at(cp, _read_from(layer, cp.span_start)):
         if skip >= len(piece):
             skip -= len(piece)
             continue

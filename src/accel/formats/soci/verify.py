@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 
 from accel.errors import FormatError
-from accel.formats.soci.extract import inflate_from
+from accel.formats.soci.extract import inflate_at
 from accel.formats.soci.scan import TarScanner
 from accel.formats.soci.toc import metadata_from_entry
 from accel.formats.soci.zinfo import WINSIZE, Checkpoint, decode_gzip_zinfo, decode_tar_zinfo
@@ -313,7 +313,7 @@ class _GzipVerifyStream:
         data = b"".join(self._bufs[i])
         self._bufs[i] = []
         try:
-            for piece in inflate_from(cp, [data]):
+            for piece in inflate_at(cp, [data]):
                 take = piece[: length - got]
                 restarted.update(take)
                 got += len(take)

@@ -173,16 +173,16 @@ def test_mod_time_format() -> None:
 @pytest.mark.parametrize("level", [1, 9])
 def test_buffer_sizes_do_not_change_checkpoints(monkeypatch: pytest.MonkeyPatch, level: int) -> None:
     """soci inflates 16 KiB of input at a time into a 32 KiB ring; our bigger buffers give the same zTOC."""
-    from accel.formats.soci import scan
+    from accel.formats.zran import inflater
 
     tar = small_layer() + layer_with([("big", tarfile.REGTYPE, payload(700_000, 3) + bytes(300_000))])
     blob = _members(tar, [300_001, 300_002, 650_000], level)
     ours = build_ztoc(io.BytesIO(blob), span_size=SPAN).to_bytes()
-    monkeypatch.setattr(scan, "_IN_CHUNK", 1 << 14)
-    monkeypatch.setattr(scan, "_RING", 1 << 15)
+    monkeypatch.setattr(inflater, "_IN_CHUNK", 1 << 14)
+    monkeypatch.setattr(inflater, "_RING", 1 << 15)
     assert build_ztoc(io.BytesIO(blob), span_size=SPAN).to_bytes() == ours
-    monkeypatch.setattr(scan, "_IN_CHUNK", 777)
-    monkeypatch.setattr(scan, "_RING", 40_000)
+    monkeypatch.setattr(inflater, "_IN_CHUNK", 777)
+    monkeypatch.setattr(inflater, "_RING", 40_000)
     assert build_ztoc(io.BytesIO(blob), span_size=SPAN).to_bytes() == ours
 
 
@@ -190,7 +190,7 @@ def test_buffer_sizes_do_not_change_checkpoints(monkeypatch: pytest.MonkeyPatch,
 def test_zlib_ng_and_the_system_zlib_give_the_same_ztoc(monkeypatch: pytest.MonkeyPatch, level: int) -> None:
     """Checkpoints are the stream's block boundaries, whichever library inflates: the faster zlib-ng (the
     default) and the system zlib agree byte for byte, and each one's checkpoints extract every file."""
-    from accel.formats.soci import _zlib
+    from accel.formats.zran import native as _zlib
 
     assert _zlib.lib().name.startswith("zlib-ng"), "the zlib_ng package is a dependency: it is used"
     tar = small_layer() + layer_with([("big", tarfile.REGTYPE, payload(900_000, 5) + bytes(200_000))])

@@ -1,15 +1,15 @@
 """The few entry points of zlib that Python's ``zlib`` module does not expose.
 
-soci's checkpoints are taken at deflate block boundaries (``inflate(Z_BLOCK)`` and ``z_stream.data_type``),
-and extraction restarts mid-stream with ``inflatePrime`` + ``inflateSetDictionary``. Python's ``zlib``
-offers none of these, so we call the C library through ``ctypes``; ``inflateInit2_`` checks the size of
-our stream structure against its own, which catches a wrong layout.
+Random access into gzip takes checkpoints at deflate block boundaries (``inflate(Z_BLOCK)`` and
+``z_stream.data_type``) and restarts mid-stream with ``inflatePrime`` + ``inflateSetDictionary``. Python's
+``zlib`` offers none of these, so we call the C library through ``ctypes``; ``inflateInit2_`` checks the
+size of our stream structure against its own, which catches a wrong layout.
 
 The library is zlib-ng's native API where it can be had, from the ``zlib_ng`` package we depend on (its
-extension module exports the ``zng_*`` functions): its inflate is about 1.5 times the system zlib's here, and
-inflate is three quarters of building a zTOC. Block boundaries and windows are properties of the deflate
-stream, not of the decoder, so both give the same zTOC byte for byte. The system ``libz.so.1`` remains
-the fallback.
+extension module exports the ``zng_*`` functions): its inflate is about 1.5 times the system zlib's here,
+and inflate is most of the cost of indexing a gzip layer. Block boundaries and windows are properties of
+the deflate stream, not of the decoder, so both give the same checkpoints byte for byte. The system
+``libz.so.1`` remains the fallback.
 """
 
 from __future__ import annotations

@@ -1,0 +1,247 @@
+"""A streaming gzip inflater that stops at every deflate block boundary, for indexers to take checkpoints.
+
+``inflate(Z_BLOCK)`` returns at each block boundary (zlib's zran.c technique); there a subclass's
+:meth:`BlockInflater.at_boundary` sees the exact compressed and uncompressed offsets, the pending bits and
+the window, and decides whether to keep a checkpoint. The uncompressed stream is handed on through
+``read``/``readinto``/``skip`` (what :class:`~accel.formats.tar.TarReader` wants), so a layer is read and
+inflated exactly once whatever indexes it. Output goes through a circular buffer that is kept across gzip
+members, so a window is "the 32 KiB of output before the boundary" whichever member it falls in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from accel.errors import FormatError
+from accel.formats.streams import ByteSource
+from accel.formats.zran import native
+
+WINDOW_SIZE = 1 << 15
+
+# Neither size changes where inflate(Z_BLOCK) stops, and the last 32 KiB before any point are the same in
+# any ring of at least 32 KiB, so both are chosen for few calls from Python.
+_IN_CHUNK = 1 << 16
+_RING = 1 << 18
+
+
+class BlockInflater:
+    """Inflates a gzip stream (one or more members) on demand, calling :meth:`at_boundary` at every deflate
+    block boundary that is not the end of a member."""
+
+    # Subclasses that need every consumed compressed byte (span digests) set this and override consumed().
+    observes_input = False
+
+    def __init__(self, source: ByteSource) -> None:
+        self._src = source
+        self._z = native.Inflater(native.WINDOW_BITS_AUTO)
+        self._strm = self._z.strm
+        self._ring = _RING
+        self._win = ctypes.create_string_buffer(self._ring)
+        self._win_addr = ctypes.addressof(self._win)
+        self._discard = 0
+        self._strm.avail_out = 0
+        self._strm.avail_in = 0
+        self._chunk = b""
+        self._chunk_base = 0
+        self._prev_last = 0
+        self._pending = b""
+        self._totin = 0
+        self._totout = 0
+        self._out: list[bytes] = []
+        self._out_len = 0
+        self.member_start = 0  # uncompressed offset where the current gzip member began
+        self.members = 1
+        self.done = False
+
+    # -- what a subclass sees at a boundary ------------------------------------------------------------
+
+    @property
+    def compressed_size(self) -> int:
+        """Compressed bytes consumed so far (at a boundary: the offset of the first byte not yet used)."""
+        return self._totin
+
+    @property
+    def uncompressed_size(self) -> int:
+        """Uncompressed bytes produced so far (at a boundary: its uncompressed offset)."""
+        return self._totout
+
+    def at_boundary(self, bits: int) -> None:
+        """A deflate block boundary; ``bits`` (0-7) of the byte before :attr:`compressed_size` are unused."""
+
+    def consumed(self, data: memoryview) -> None:
+        """Compressed bytes inflate has just used (only called when :attr:`observes_input` is set)."""
+
+    def finished(self) -> None:
+        """The last gzip member has ended."""
+
+    def previous_byte(self) -> int:
+        """The compressed byte just before :attr:`compressed_size` (the partly used one at a boundary)."""
+        idx = self._totin - 1 - self._chunk_base
+        return self._chunk[idx] if idx >= 0 else self._prev_last
+
+    def window(self) -> bytes:
+        """The 32 KiB of output before the current position (zeros before any output, as zran.c keeps it)."""
+        pos = self._ring - self._strm.avail_out
+        if pos >= WINDOW_SIZE:
+            return ctypes.string_at(self._win_addr + pos - WINDOW_SIZE, WINDOW_SIZE)
+        # Wraps around; before the first wrap the end of the ring is still zeros.
+        return ctypes.string_at(self._win_addr + self._ring - (WINDOW_SIZE - pos), WINDOW_SIZE - pos) + (
+            ctypes.string_at(self._win_addr, pos)
+        )
+
+    # -- inflating -------------------------------------------------------------------------------------
+
+    def _more_input(self) -> bool:
+        if not self._pending:
+            self._pending = self._src.read(_IN_CHUNK)
+        return bool(self._pending)
+
+    def _step(self) -> None:
+        strm = self._strm
+        if strm.avail_in == 0:
+            chunk = self._pending or self._src.read(_IN_CHUNK)
+            self._pending = b""
+            if not chunk:
+                raise FormatError("gzip layer ends before the end of its compressed stream (truncated)")
+            if not isinstance(chunk, bytes):
+                chunk = bytes(chunk)  # zlib reads from the bytes object's own (immutable) buffer
+            if self._chunk:
+                self._prev_last = self._chunk[-1]
+            self._chunk = chunk
+            self._chunk_base = self._totin
+            strm.next_in = native.address(chunk)
+            strm.avail_in = len(chunk)
+        if strm.avail_out == 0:
+            strm.next_out = self._win_addr
+            strm.avail_out = self._ring
+        avail_in = strm.avail_in
+        avail_out = strm.avail_out
+        ret = self._z.inflate(native.Z_BLOCK)
+        used = avail_in - strm.avail_in
+        made = avail_out - strm.avail_out
+        if made:
+            start = self._ring - avail_out
+            if self._discard:
+                drop = min(self._discard, made)
+                self._discard -= drop
+                start += drop
+                made -= drop
+            if made:
+                self._out.append(ctypes.string_at(self._win_addr + start, made))
+                self._out_len += made
+            made = avail_out - strm.avail_out
+        if used and self.observes_input:
+            start = self._totin - self._chunk_base
+            self.consumed(memoryview(self._chunk)[start : start + used])
+        self._totin += used
+        self._totout += made
+        if ret == native.Z_STREAM_END:
+            # A further gzip member follows (concatenated gzip, e.g. eStargz): continue with it.
+            if strm.avail_in > 0 or self._more_input():
+                self._z.reset(native.WINDOW_BITS_AUTO)
+                self.member_start = self._totout
+                self.members += 1
+                return
+            self.done = True
+            self._z.close()
+            self.finished()
+            return
+        if ret not in (native.Z_OK, native.Z_BUF_ERROR) or (
+            ret == native.Z_BUF_ERROR and not used and not made
+        ):
+            raise FormatError(f"invalid gzip data at compressed offset {self._totin}: {self._z.message()}")
+        dt = strm.data_type
+        if dt & 128 and not dt & 64:
+            self.at_boundary(dt & 7)
+
+    # -- the uncompressed stream -----------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            while not self.done:
+                self._step()
+            n = self._out_len
+        while self._out_len < n and not self.done:
+            self._step()
+        out = self._out
+        if not out:
+            return b""
+        if len(out[0]) >= n:
+            first = out[0]
+            if len(first) == n:
+                del out[0]
+            else:
+                out[0] = first[n:]
+            self._out_len -= min(n, len(first))
+            return first[:n]
+        parts = []
+        need = n
+        while out and need:
+            piece = out[0]
+            if len(piece) <= need:
+                parts.append(piece)
+                need -= len(piece)
+                del out[0]
+            else:
+                parts.append(piece[:need])
+                out[0] = piece[need:]
+                need = 0
+        data = b"".join(parts)
+        self._out_len -= len(data)
+        return data
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        view = memoryview(buf).cast("B")
+        want = len(view)
+        while self._out_len < want and not self.done:
+            self._step()
+        out = self._out
+        got = 0
+        while out and got < want:
+            piece = out[0]
+            take = min(len(piece), want - got)
+            view[got : got + take] = piece[:take] if take < len(piece) else piece
+            got += take
+            if take < len(piece):
+                out[0] = piece[take:]
+            else:
+                del out[0]
+        self._out_len -= got
+        return got
+
+    def skip(self, n: int) -> int:
+        """Discard ``n`` bytes of output without copying them out of zlib's buffer; returns the count."""
+        skipped = 0
+        out = self._out
+        while out and skipped < n:
+            piece = out[0]
+            take = min(len(piece), n - skipped)
+            if take < len(piece):
+                out[0] = piece[take:]
+            else:
+                del out[0]
+            skipped += take
+        self._out_len -= skipped
+        self._discard = n - skipped
+        while self._discard and not self.done:
+            self._step()
+        skipped = n - self._discard
+        self._discard = 0
+        return skipped
+
+    def drain(self) -> None:
+        """Inflate the rest of the stream (past the tar end), discarding the output."""
+        self._out = []
+        self._out_len = 0
+        while not self.done:
+            self._discard = 1 << 62
+            self._step()
+        self._discard = 0
+        self._out = []
+        self._out_len = 0
