@@ -13,7 +13,7 @@ import stat
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
@@ -21,7 +21,7 @@ from accel.formats.nydus.chunkcodec import compress, digest_of
 from accel.formats.nydus.ondisk import BlobEntry, BlobMetaHeader, CiV1, TocEntry, tar_header
 from accel.formats.nydus.tree import Chunk, Node, new_dir
 from accel.formats.nydus.writer import WriteOptions, makedev, write_bootstrap
-from accel.formats.streams import ByteSink
+from accel.formats.streams import ByteSink, ByteSource
 from accel.formats.tar import TarEntry, TarReader, check_safe, clean_path, encode_name
 
 _SKIPPED = frozenset({"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"})
@@ -81,7 +81,7 @@ class LayerBuild:
     toc: list[TocEntry] = field(default_factory=list)
 
 
-class _Out:
+class Out:
     """The output stream plus its running sha256 and position."""
 
     def __init__(self, dst: ByteSink) -> None:
@@ -111,7 +111,7 @@ class _Chunker:
     the main thread only parses tar headers, reads content and writes results.
     """
 
-    def __init__(self, out: _Out, opts: Options) -> None:
+    def __init__(self, out: Out, opts: Options) -> None:
         self.out = out
         self.opts = opts
         self.pool = ThreadPoolExecutor(max_workers=max(1, opts.threads), thread_name_prefix="nydus-chunk")
@@ -133,7 +133,7 @@ class _Chunker:
             out.append((digest_of(digester, data), stored, compressed, len(data)))
         return out
 
-    def submit(self, node: Node, index: int, data: bytes | bytearray) -> None:
+    def submit(self, node: Node, index: int, data: bytes | bytearray, offset: int) -> None:
         self.batch.append((node, index))
         self.batch_data.append(data)
         self.batch_bytes += len(data)
@@ -192,17 +192,25 @@ def build_layer(
     """
     opts = options or Options()
     opts.check()
-    out = _Out(dst)
+    out = Out(dst)
     chunker = _Chunker(out, opts)
     try:
-        root, files = _read_tar(src, chunker, opts)
+        root, files = read_tar(src, chunker, opts)
         chunker.flush()
     finally:
         chunker.close()
     return _finish(out, chunker, root, files, opts, blob_id)
 
 
-def _read_tar(src: BinaryIO, chunker: _Chunker, opts: Options) -> tuple[Node, int]:
+class ChunkSink(Protocol):
+    """Where the tar walk hands each file chunk: its bytes and their offset in the uncompressed tar."""
+
+    def submit(self, node: Node, index: int, data: bytes | bytearray, offset: int) -> None: ...
+
+
+def read_tar(src: ByteSource, chunker: ChunkSink, opts: Options) -> tuple[Node, int]:
+    """The file tree of a tar layer (and the count of regular files), each file's chunks handed to
+    ``chunker``, which fills ``node.chunks[index]``."""
     root = new_dir()
     seen_files: dict[str, Node] = {}
     files = 0
@@ -232,9 +240,9 @@ def _read_tar(src: BinaryIO, chunker: _Chunker, opts: Options) -> tuple[Node, in
             node.chunks = [placeholder] * nchunks
             try:
                 for i in range(nchunks):
-                    chunker.submit(
-                        node, i, _read_chunk(reader, min(opts.chunk_size, entry.size - i * opts.chunk_size))
-                    )
+                    offset = reader.offset
+                    want = min(opts.chunk_size, entry.size - i * opts.chunk_size)
+                    chunker.submit(node, i, _read_chunk(reader, want), offset)
             except FormatError as exc:
                 # A broken compressed stream surfaces here without knowing which entry it cut short.
                 raise (exc if exc.entry is not None else FormatError(exc.reason, entry=name)) from exc
@@ -355,7 +363,7 @@ def _parent_dir(root: Node, path: str, name: str) -> Node:
 
 
 def _finish(
-    out: _Out, chunker: _Chunker, root: Node, files: int, opts: Options, blob_id: str | None
+    out: Out, chunker: _Chunker, root: Node, files: int, opts: Options, blob_id: str | None
 ) -> LayerBuild:
     chunks = chunker.chunks
     toc: list[TocEntry] = []
@@ -391,71 +399,19 @@ def _finish(
             ).encode()
             for ch in chunks
         )
-        ci_stored, ci_compressed = compress(opts.compressor, ci_raw)
-        ci_compressor = opts.compressor if ci_compressed else "none"
-        ci_offset = out.pos
-        header = BlobMetaHeader(
-            features=features,
-            ci_compressor=c.COMPRESSOR_IDS[ci_compressor],
-            ci_entries=len(chunks),
-            ci_offset=ci_offset,
-            ci_compressed_size=len(ci_stored),
-            ci_uncompressed_size=len(ci_raw),
-        ).encode()
-        out.write(ci_stored)
-        out.write(header)
-        out.write(tar_header(c.ENTRY_META, len(ci_stored) + len(header)))
-        toc.append(
-            TocEntry(
-                flags=_TOC_FLAG[ci_compressor],
-                name=c.ENTRY_META,
-                uncompressed_digest=hashlib.sha256(ci_raw).digest(),
-                compressed_offset=ci_offset,
-                compressed_size=len(ci_stored),
-                uncompressed_size=len(ci_raw),
-            )
-        )
-        toc.append(
-            TocEntry(
-                flags=c.TOC_NONE,
-                name=c.ENTRY_META_HEADER,
-                uncompressed_digest=hashlib.sha256(header).digest(),
-                compressed_offset=ci_offset + len(ci_stored),
-                compressed_size=len(header),
-                uncompressed_size=len(header),
-            )
-        )
-        digests = b"".join(ch.digest for ch in chunks)
-        digest_offset = out.pos
-        out.write(digests)
-        out.write(tar_header(c.ENTRY_DIGEST, len(digests)))
-        toc.append(
-            TocEntry(
-                flags=c.TOC_NONE,
-                name=c.ENTRY_DIGEST,
-                uncompressed_digest=hashlib.sha256(digests).digest(),
-                compressed_offset=digest_offset,
-                compressed_size=len(digests),
-                uncompressed_size=len(digests),
-            )
-        )
-        entry = BlobEntry(
+        meta = write_blob_meta(out, ci_raw, opts.compressor, features, len(chunks))
+        toc.extend(meta.toc)
+        toc.append(write_digests(out, chunks))
+        entry = meta.blob_entry(
             blob_id=c.PLACEHOLDER_BLOB_ID,
-            blob_index=0,
             chunk_size=opts.chunk_size,
-            chunk_count=len(chunks),
-            compression_algo=c.COMPRESSOR_IDS[opts.compressor],
-            digest_algo=c.DIGESTER_IDS[opts.digester],
-            features=features,
+            compressor=opts.compressor,
+            digester=opts.digester,
             compressed_size=out.pos,
             uncompressed_size=uncompressed_size,
-            ci_compressor=c.COMPRESSOR_IDS[ci_compressor],
-            ci_offset=ci_offset,
-            ci_compressed_size=len(ci_stored),
-            ci_uncompressed_size=len(ci_raw),
         )
         blobs.append(entry)
-        blob_meta = ci_raw + bytes(-len(ci_raw) % c.BLOCK_SIZE) + header
+        blob_meta = meta.cache_file
     wopts = WriteOptions(
         chunk_size=opts.chunk_size,
         compressor=opts.compressor,
@@ -463,6 +419,131 @@ def _finish(
         prefetch=tuple(encode_name(p) for p in opts.prefetch_patterns),
     )
     bootstrap = write_bootstrap(root, blobs, wopts)
+    write_bootstrap_and_toc(out, bootstrap, toc)
+    digest_hex = out.hash.hexdigest()
+    return LayerBuild(
+        blob_digest="sha256:" + digest_hex,
+        blob_size=out.pos,
+        blob_id=blob_id or digest_hex,
+        bootstrap=bootstrap,
+        blob_meta=blob_meta,
+        blob_entry=entry,
+        chunk_count=len(chunks),
+        uncompressed_size=chunker.u_off,
+        files=files,
+        toc=toc,
+    )
+
+
+@dataclass(frozen=True)
+class BlobMeta:
+    """The blob meta section as written: the ci data (uncompressed) and its 4 KiB header."""
+
+    ci_raw: bytes
+    header: BlobMetaHeader
+    toc: list[TocEntry]
+
+    @property
+    def cache_file(self) -> bytes:
+        """``image/<hex>.blob.meta``: the uncompressed ci data padded to 4 KiB, then the header."""
+        return self.ci_raw + bytes(-len(self.ci_raw) % c.BLOCK_SIZE) + self.header.encode()
+
+    def blob_entry(
+        self,
+        *,
+        blob_id: str,
+        chunk_size: int,
+        compressor: str,
+        digester: str,
+        compressed_size: int,
+        uncompressed_size: int,
+    ) -> BlobEntry:
+        h = self.header
+        return BlobEntry(
+            blob_id=blob_id,
+            blob_index=0,
+            chunk_size=chunk_size,
+            chunk_count=h.ci_entries,
+            compression_algo=c.COMPRESSOR_IDS[compressor],
+            digest_algo=c.DIGESTER_IDS[digester],
+            features=h.features,
+            compressed_size=compressed_size,
+            uncompressed_size=uncompressed_size,
+            ci_compressor=h.ci_compressor,
+            ci_offset=h.ci_offset,
+            ci_compressed_size=h.ci_compressed_size,
+            ci_uncompressed_size=h.ci_uncompressed_size,
+        )
+
+
+def write_blob_meta(
+    out: Out,
+    ci_raw: bytes,
+    compressor: str,
+    features: int,
+    entries: int,
+    *,
+    zran: tuple[int, int, int] = (0, 0, 0),
+) -> BlobMeta:
+    """The ``blob.meta`` section: the ci data (compressed when that shrinks it) directly followed by its
+    header, then the tar header; ``zran`` is the (offset, size, count) of a context table in the ci data."""
+    ci_stored, ci_compressed = compress(compressor, ci_raw)
+    ci_compressor = compressor if ci_compressed else "none"
+    ci_offset = out.pos
+    header = BlobMetaHeader(
+        features=features,
+        ci_compressor=c.COMPRESSOR_IDS[ci_compressor],
+        ci_entries=entries,
+        ci_offset=ci_offset,
+        ci_compressed_size=len(ci_stored),
+        ci_uncompressed_size=len(ci_raw),
+        zran_offset=zran[0],
+        zran_size=zran[1],
+        zran_count=zran[2],
+    )
+    header_bytes = header.encode()
+    out.write(ci_stored)
+    out.write(header_bytes)
+    out.write(tar_header(c.ENTRY_META, len(ci_stored) + len(header_bytes)))
+    toc = [
+        TocEntry(
+            flags=_TOC_FLAG[ci_compressor],
+            name=c.ENTRY_META,
+            uncompressed_digest=hashlib.sha256(ci_raw).digest(),
+            compressed_offset=ci_offset,
+            compressed_size=len(ci_stored),
+            uncompressed_size=len(ci_raw),
+        ),
+        TocEntry(
+            flags=c.TOC_NONE,
+            name=c.ENTRY_META_HEADER,
+            uncompressed_digest=hashlib.sha256(header_bytes).digest(),
+            compressed_offset=ci_offset + len(ci_stored),
+            compressed_size=len(header_bytes),
+            uncompressed_size=len(header_bytes),
+        ),
+    ]
+    return BlobMeta(ci_raw, header, toc)
+
+
+def write_digests(out: Out, chunks: list[Chunk]) -> TocEntry:
+    """The ``blob.digest`` section: the chunk digests in ci order, never compressed."""
+    digests = b"".join(ch.digest for ch in chunks)
+    digest_offset = out.pos
+    out.write(digests)
+    out.write(tar_header(c.ENTRY_DIGEST, len(digests)))
+    return TocEntry(
+        flags=c.TOC_NONE,
+        name=c.ENTRY_DIGEST,
+        uncompressed_digest=hashlib.sha256(digests).digest(),
+        compressed_offset=digest_offset,
+        compressed_size=len(digests),
+        uncompressed_size=len(digests),
+    )
+
+
+def write_bootstrap_and_toc(out: Out, bootstrap: bytes, toc: list[TocEntry]) -> None:
+    """The ``image.boot`` section (zstd unless that does not shrink it), then the ToC that ends the blob."""
     boot_stored, boot_compressed = compress("zstd", bootstrap)
     boot_offset = out.pos
     out.write(boot_stored)
@@ -480,16 +561,3 @@ def _finish(
     toc_bytes = b"".join(e.encode() for e in toc)
     out.write(toc_bytes)
     out.write(tar_header(c.TOC_NAME, len(toc_bytes)))
-    digest_hex = out.hash.hexdigest()
-    return LayerBuild(
-        blob_digest="sha256:" + digest_hex,
-        blob_size=out.pos,
-        blob_id=blob_id or digest_hex,
-        bootstrap=bootstrap,
-        blob_meta=blob_meta,
-        blob_entry=entry,
-        chunk_count=len(chunks),
-        uncompressed_size=chunker.u_off,
-        files=files,
-        toc=toc,
-    )
