@@ -73,12 +73,12 @@ def test_upstream_sample_configs_load_unchanged(name: str) -> None:
     assert driver.name == ("zstdchunked" if "zstdchunked" in name else name.split(".")[1])
 
 
-def test_upstream_zran_sample_is_refused_with_the_reason() -> None:
+def test_upstream_zran_sample_loads_as_an_oci_ref_nydus_driver() -> None:
     config = load_config(UPSTREAM_SAMPLES / "config.nydus.ref.yaml")
-    with pytest.raises(ConfigError) as raised:
-        create_driver(config.converter.driver)
-    assert raised.value.message.startswith("converter.driver.config.oci_ref: not supported: ")
-    assert "zran" in raised.value.message
+    driver = create_driver(config.converter.driver)
+    assert driver.name == "nydus"
+    assert driver.output_options()["oci_ref"] is True
+    assert driver.output_options()["with_referrer"] is True
 
 
 @pytest.mark.parametrize(

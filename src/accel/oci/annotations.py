@@ -21,6 +21,7 @@ NYDUS_SOURCE_DIGEST: Final = "containerd.io/snapshot/nydus-source-digest"
 NYDUS_BOOTSTRAP: Final = "containerd.io/snapshot/nydus-bootstrap"
 NYDUS_BLOB: Final = "containerd.io/snapshot/nydus-blob"
 NYDUS_EMPTY_LAYER: Final = "containerd.io/snapshot/nydus-empty-layer"
+NYDUS_REF: Final = "containerd.io/snapshot/nydus-ref"
 STARGZ_TOC_DIGEST: Final = "containerd.io/snapshot/stargz/toc.digest"
 ZSTD_CHUNKED_KEYS: Final = (
     "io.github.containers.zstd-chunked.manifest-checksum",

@@ -1,6 +1,8 @@
 """Nydus RAFS v6: reading/validating bootstraps and blobs, building per-layer blobs, merging bootstraps.
 
 * ``build_layer(src, dst, Options()) -> LayerBuild``: tar layer stream -> nydus blob with inlined bootstrap.
+* ``build_ref_layer(gzip_src, dst, Options()) -> LayerBuild``: gzip tar layer -> OCI-ref (zran) blob, metadata
+  only, its chunks read from the original layer.
 * ``merge([(bootstrap, blob_id), ...]) -> bytes``: per-layer bootstraps -> image bootstrap (OCI whiteouts).
 * ``read_bootstrap(bytes) -> Bootstrap``, ``read_blob(bytes) -> BlobFile``, ``validate(...)``;
   ``read_bootstrap_v5`` for RAFS v5 (read-only).
@@ -19,16 +21,18 @@ from accel.formats.nydus.blob import (
 )
 from accel.formats.nydus.builder import LayerBuild, Options, build_layer
 from accel.formats.nydus.describe import blob_layout, bootstrap_layout, file_records, file_tree
-from accel.formats.nydus.merge import merge
+from accel.formats.nydus.merge import MetaBlob, merge
 from accel.formats.nydus.packaging import bootstrap_from_layer, bootstrap_layer_tar
 from accel.formats.nydus.reader import Bootstrap, read_bootstrap, read_file, to_tree
 from accel.formats.nydus.reader_v5 import V5Bootstrap, read_bootstrap_v5
 from accel.formats.nydus.validate import validate
+from accel.formats.nydus.zran import build_ref_layer
 
 __all__ = [
     "BlobFile",
     "Bootstrap",
     "LayerBuild",
+    "MetaBlob",
     "Options",
     "V5Bootstrap",
     "blob_layout",
@@ -37,6 +41,7 @@ __all__ = [
     "bootstrap_layer_tar",
     "bootstrap_layout",
     "build_layer",
+    "build_ref_layer",
     "extract_via_toc",
     "file_records",
     "file_tree",

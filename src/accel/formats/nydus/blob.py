@@ -15,6 +15,7 @@ from accel.formats.nydus.ondisk import (
     CiV1,
     CiV2,
     TocEntry,
+    ZranContext,
     decode_tar_header,
 )
 
@@ -165,13 +166,35 @@ def read_blob(data: bytes, *, check: bool = True) -> BlobFile:
 def decode_ci_array(ci: bytes, header: BlobMetaHeader) -> list[CiV1 | CiV2]:
     v2 = bool(header.features & c.BF_CHUNK_INFO_V2)
     per = c.CI_V2_SIZE if v2 else c.CI_V1_SIZE
-    if len(ci) != header.ci_uncompressed_size or len(ci) != header.ci_entries * per:
+    end = header.ci_entries * per
+    if v2 and header.features & (c.BF_ZRAN | c.BF_BATCH):
+        # The context table follows the entries directly and ends the ci data.
+        ok = header.zran_offset == end and end + header.zran_size == len(ci)
+    else:
+        ok = len(ci) == end
+    if len(ci) != header.ci_uncompressed_size or not ok:
         raise FormatError(f"ci array is {len(ci)} bytes for {header.ci_entries} entries", entry=c.ENTRY_META)
     out: list[CiV1 | CiV2] = []
     for i in range(header.ci_entries):
         raw = ci[i * per : (i + 1) * per]
         out.append(CiV2.decode(raw) if v2 else CiV1.decode(raw))
     return out
+
+
+def decode_zran_table(ci: bytes, header: BlobMetaHeader) -> tuple[list[ZranContext], bytes]:
+    """The inflate contexts and the dictionary area of a zran blob's ci data (empty for other blobs)."""
+    if not header.features & c.BF_ZRAN:
+        return [], b""
+    table = ci[header.zran_offset : header.zran_offset + header.zran_size]
+    count = header.zran_count
+    if len(table) != header.zran_size or count * ZranContext.SIZE > len(table):
+        raise FormatError(f"zran table of {len(table)} bytes for {count} contexts", entry=c.ENTRY_META)
+    contexts = [ZranContext.decode(table[i * ZranContext.SIZE :]) for i in range(count)]
+    dicts = table[count * ZranContext.SIZE :]
+    for i, ctx in enumerate(contexts):
+        if ctx.dict_offset + ctx.dict_size > len(dicts) or ctx.dict_size > 1 << 15:
+            raise FormatError(f"zran context {i}: dictionary beyond the table", entry=c.ENTRY_META)
+    return contexts, dicts
 
 
 def _check_blob(blob: BlobFile) -> None:
@@ -197,8 +220,10 @@ def _check_blob(blob: BlobFile) -> None:
             raise FormatError("ToC digest mismatch", entry=entry.name)
     blob_sec = blob.section(c.ENTRY_BLOB)
     limit = blob_sec.size if blob_sec is not None else len(data)
+    # An OCI-ref blob's chunks point into the original gzip layer, not into this blob.
+    separate = blob.meta_header is not None and blob.meta_header.features & c.BF_SEPARATE
     for i, ci in enumerate(blob.chunks):
-        if ci.compressed_offset + ci.compressed_size > limit:
+        if not separate and ci.compressed_offset + ci.compressed_size > limit:
             raise FormatError(f"chunk {i} beyond the chunk data", entry=c.ENTRY_BLOB)
         if ci.uncompressed_offset % c.BLOCK_SIZE:
             raise FormatError(f"chunk {i} uncompressed offset not 4K-aligned", entry=c.ENTRY_BLOB)

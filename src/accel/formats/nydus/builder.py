@@ -79,6 +79,9 @@ class LayerBuild:
     uncompressed_size: int = 0
     files: int = 0
     toc: list[TocEntry] = field(default_factory=list)
+    # OCI-ref layers: (sha256, size) of this blob's ToC section, which the merged bootstrap records for
+    # the blob whose metadata lives here; None for a data blob.
+    meta_blob_toc: tuple[bytes, int] | None = None
 
 
 class Out:
@@ -542,8 +545,9 @@ def write_digests(out: Out, chunks: list[Chunk]) -> TocEntry:
     )
 
 
-def write_bootstrap_and_toc(out: Out, bootstrap: bytes, toc: list[TocEntry]) -> None:
-    """The ``image.boot`` section (zstd unless that does not shrink it), then the ToC that ends the blob."""
+def write_bootstrap_and_toc(out: Out, bootstrap: bytes, toc: list[TocEntry]) -> bytes:
+    """The ``image.boot`` section (zstd unless that does not shrink it), then the ToC that ends the blob;
+    returns the ToC section as written (entries and tar header): its digest names the ToC in a merge."""
     boot_stored, boot_compressed = compress("zstd", bootstrap)
     boot_offset = out.pos
     out.write(boot_stored)
@@ -559,5 +563,6 @@ def write_bootstrap_and_toc(out: Out, bootstrap: bytes, toc: list[TocEntry]) -> 
         )
     )
     toc_bytes = b"".join(e.encode() for e in toc)
-    out.write(toc_bytes)
-    out.write(tar_header(c.TOC_NAME, len(toc_bytes)))
+    section = toc_bytes + tar_header(c.TOC_NAME, len(toc_bytes))
+    out.write(section)
+    return section

@@ -90,6 +90,9 @@ BLOB_FEATURES = {
 BF_ALIGNED = 0x1
 BF_INLINED_FS_META = 0x2
 BF_CHUNK_INFO_V2 = 0x4
+BF_ZRAN = 0x8
+BF_SEPARATE = 0x10
+BF_BATCH = 0x80
 BF_INLINED_CHUNK_DIGEST = 0x20
 BF_TARFS = 0x40
 BF_HAS_TAR_HEADER = 0x1000_0000
@@ -159,3 +162,11 @@ XATTR_INDEX_PREFIX = {idx: prefix for prefix, idx in XATTR_PREFIXES}
 def flag_names(value: int, table: dict[str, int]) -> list[str]:
     """Names of the bits of ``value`` in ``table``, in table order (what the fixtures list)."""
     return [name for name, bit in table.items() if value & bit]
+
+
+# BlobChunkInfoV2Ondisk flags (the top byte of ``uncomp_info``)
+CI2_COMPRESSED = 0x01
+CI2_ZRAN = 0x02
+CI2_BATCH = 0x04
+CI2_ENCRYPTED = 0x08
+CI2_HAS_CRC32 = 0x10

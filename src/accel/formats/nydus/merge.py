@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
@@ -17,11 +18,29 @@ WHITEOUT_PREFIX = b".wh."
 OPAQUE = b".wh..wh..opq"
 
 
-def merge(layers: Sequence[tuple[bytes, str]], *, prefetch_patterns: Sequence[str] = ("/",)) -> bytes:
+@dataclass(frozen=True)
+class MetaBlob:
+    """Where an OCI-ref (zran) layer's metadata lives: the Nydus blob holding its blob meta and ToC, while
+    the blob id stays the original layer's digest (``--blob-digests``, ``--blob-sizes`` and
+    ``--blob-toc-digests`` of ``nydus-image merge``)."""
+
+    digest: bytes
+    size: int
+    toc_digest: bytes
+    toc_size: int
+
+
+def merge(
+    layers: Sequence[tuple[bytes, str]],
+    *,
+    prefetch_patterns: Sequence[str] = ("/",),
+    meta_blobs: Sequence[MetaBlob | None] = (),
+) -> bytes:
     """Merge ``(per-layer bootstrap, blob id)`` pairs, lowest layer first, into one bootstrap.
 
     The blob id (the layer digest hex) replaces the placeholder id of the layer's blob. Only blobs that
-    some file still references are kept, numbered in order of first reference.
+    some file still references are kept, numbered in order of first reference. ``meta_blobs[i]``, where
+    given, says where layer ``i``'s separate metadata lives.
     """
     if not layers:
         raise FormatError("nothing to merge")
@@ -49,6 +68,10 @@ def merge(layers: Sequence[tuple[bytes, str]], *, prefetch_patterns: Sequence[st
             entry = dataclasses.replace(blob, features=blob.features & ~c.BF_INLINED_FS_META)
             if len(bs.blobs) == 1:
                 entry.blob_id = blob_id
+                meta = meta_blobs[depth] if depth < len(meta_blobs) else None
+                if meta is not None and entry.features & c.BF_SEPARATE:
+                    entry.blob_meta_digest, entry.blob_meta_size = meta.digest, meta.size
+                    entry.blob_toc_digest, entry.blob_toc_size = meta.toc_digest, meta.toc_size
             if len(entry.blob_id) != 64 or entry.blob_id == c.PLACEHOLDER_BLOB_ID:
                 raise FormatError(f"layer {depth}: blob {entry.blob_id!r} has no usable id")
             sources.append(entry)

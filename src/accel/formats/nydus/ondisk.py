@@ -550,6 +550,45 @@ class CiV2:
 
 
 @dataclass
+class ZranContext:
+    """``ZranInflateContext`` (40 B, ``storage/src/meta/zran.rs``): where inflating can restart in the
+    original gzip layer, and the span it covers. ``dict_offset`` counts from the start of the dictionaries,
+    which follow the whole context array."""
+
+    FMT: ClassVar[str] = "<QQQIIIBBBB"
+    SIZE: ClassVar[int] = 40
+    in_offset: int
+    out_offset: int
+    dict_offset: int
+    in_len: int
+    out_len: int
+    dict_size: int
+    ctx_byte: int
+    ctx_bits: int
+
+    @classmethod
+    def decode(cls, data: bytes) -> ZranContext:
+        _need(data, cls.SIZE, "zran context")
+        values = struct.unpack(cls.FMT, data[: cls.SIZE])
+        return cls(*values[:8])
+
+    def encode(self) -> bytes:
+        return struct.pack(
+            self.FMT,
+            self.in_offset,
+            self.out_offset,
+            self.dict_offset,
+            self.in_len,
+            self.out_len,
+            self.dict_size,
+            self.ctx_byte,
+            self.ctx_bits,
+            0,
+            0,
+        )
+
+
+@dataclass
 class BlobMetaHeader:
     """``BlobCompressionContextHeader`` (4096 B) that follows the ci array."""
 

@@ -215,7 +215,13 @@ def _check_tables(sb: SuperBlock, ext: ExtSuperBlock, devices: list[Device], blo
         if blob.ci_compressed_size > blob.ci_uncompressed_size:
             raise FormatError("ci compressed size exceeds uncompressed size", entry=what)
         per = c.CI_V2_SIZE if blob.features & c.BF_CHUNK_INFO_V2 else c.CI_V1_SIZE
-        if blob.ci_uncompressed_size != blob.chunk_count * per:
+        # Zran and batch blobs append their context tables to the ci array (``RafsV6Blob::validate``).
+        tables = blob.features & c.BF_CHUNK_INFO_V2 and blob.features & (c.BF_ZRAN | c.BF_BATCH)
+        if (
+            (blob.ci_uncompressed_size < blob.chunk_count * per)
+            if tables
+            else (blob.ci_uncompressed_size != blob.chunk_count * per)
+        ):
             raise FormatError(
                 f"ci_uncompressed_size {blob.ci_uncompressed_size} != {blob.chunk_count}*{per}", entry=what
             )

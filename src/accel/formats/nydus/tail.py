@@ -59,3 +59,13 @@ def _entry(read_at: ReadAt, size: int, toc: dict[str, TocEntry], name: str) -> b
     if hashlib.sha256(data).digest() != entry.uncompressed_digest:
         raise FormatError("digest mismatch", entry=name)
     return data
+
+
+def read_toc_digest(read_at: ReadAt, size: int) -> tuple[bytes, int]:
+    """``(sha256, size)`` of the blob's ToC section (entries and their tar header), as a merge records it
+    for an OCI-ref blob."""
+    header = decode_tar_header(read_at(size - c.TAR_BLOCK, c.TAR_BLOCK))
+    if header.name != c.TOC_NAME or header.size % c.TOC_ENTRY_SIZE or not 0 < header.size <= _MAX_TOC:
+        raise FormatError("the blob does not end with a valid ToC", entry=header.name)
+    section = read_at(size - c.TAR_BLOCK - header.size, header.size + c.TAR_BLOCK)
+    return hashlib.sha256(section).digest(), len(section)
