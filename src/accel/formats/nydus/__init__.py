@@ -1,9 +1,11 @@
-"""Nydus RAFS v6: reading/validating bootstraps and blobs, building per-layer blobs, merging bootstraps.
+"""Nydus RAFS v6 and v5: reading/validating bootstraps and blobs, building per-layer blobs, merging them.
 
-* ``build_layer(src, dst, Options()) -> LayerBuild``: tar layer stream -> nydus blob with inlined bootstrap.
-* ``merge([(bootstrap, blob_id), ...]) -> bytes``: per-layer bootstraps -> image bootstrap (OCI whiteouts).
+* ``build_layer(src, dst, Options()) -> LayerBuild``: tar layer stream -> nydus blob with inlined bootstrap
+  (RAFS v5 with ``Options(fs_version=5)``).
+* ``merge([(bootstrap, blob_id), ...]) -> bytes``: per-layer bootstraps -> image bootstrap (OCI whiteouts),
+  in the RAFS version of the layers.
 * ``read_bootstrap(bytes) -> Bootstrap``, ``read_blob(bytes) -> BlobFile``, ``validate(...)``;
-  ``read_bootstrap_v5`` for RAFS v5 (read-only).
+  ``read_bootstrap_v5`` for RAFS v5 (``reader_v5.to_tree_v5`` and ``writer_v5`` for its tree and layout).
 * ``bootstrap_layer_tar(...)``: the ``image/image.boot`` + ``image/<hex>.blob.meta`` tar.
 """
 
