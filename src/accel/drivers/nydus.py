@@ -1,4 +1,4 @@
-"""The ``nydus`` driver: RAFS v6 blobs per layer plus a merged bootstrap layer, built in pure Python.
+"""The ``nydus`` driver: RAFS v6 (or v5) blobs per layer plus a merged bootstrap layer, built in pure Python.
 
 Each source layer becomes a Nydus data blob (``application/vnd.oci.image.layer.nydus.blob.v1``, its
 bootstrap inlined); the per-layer bootstraps are merged with OCI whiteout semantics into the image
@@ -6,8 +6,11 @@ bootstrap, packed as ``image/image.boot`` plus one ``image/<digest>.blob.meta`` 
 appended as the last layer. Config ``diff_ids`` and ``history`` follow, as nydus-snapshotter's converter
 writes them, so nydusd, nydus-snapshotter and Harbor recognise the image.
 
-Options (upstream's names; every value a string): ``fs_version`` (6), ``compressor`` (zstd, lz4_block,
-none), ``fs_chunk_size`` (hex power of two, default 0x100000), ``digester`` (blake3, sha256),
+Options (upstream's names; every value a string): ``fs_version`` (6, or 5: RAFS v5 layers and a v5
+merged bootstrap, whose bootstrap layer has no blob.meta files, as upstream packs it),
+``fs_align_chunk`` (4 KiB-aligned uncompressed chunk offsets: a v5 option, v6 is always aligned),
+``compressor`` (zstd, lz4_block, none), ``fs_chunk_size`` (hex power of two, default 0x100000),
+``digester`` (blake3, sha256),
 ``prefetch_patterns`` (newline-separated absolute paths), ``with_referrer`` (a ``subject`` to the source
 manifest: Harbor shows the result as an accessory), ``merge_manifest`` (an index of the OCI and the
 Nydus manifests, the Nydus entries marked by their ``artifactType``; the OCI manifest gets an empty
@@ -56,6 +59,7 @@ BOOTSTRAP_HISTORY = {"created_by": "Nydus Converter", "comment": "Nydus Bootstra
 _OPTIONS = (
     "fs_version",
     "rafs_version",
+    "fs_align_chunk",
     "compressor",
     "rafs_compressor",
     "fs_chunk_size",
@@ -76,7 +80,6 @@ _OPTIONS = (
 _NOT_YET = {
     "chunk_dict_ref": "chunk dictionaries are not supported yet; every chunk is written",
     "batch_size": "batch chunks are not built yet",
-    "fs_align_chunk": "aligned chunks (a RAFS v5 builder option) are not supported: only RAFS v6 is built",
     "encrypt_recipients": "encrypted blobs are not supported",
     "backend_type": "external blob backends (oss, s3) are not supported: blobs go to the registry",
     "backend_config": "external blob backends (oss, s3) are not supported: blobs go to the registry",
@@ -113,10 +116,10 @@ class NydusDriver(Driver[_LayerMeta]):
         check_known_options(options, [*_OPTIONS, *_NOT_YET], self.name)
         _refuse_unsupported(options)
         bool_option(options, "docker2oci")
-        fs_version = options.get("fs_version") or options.get("rafs_version") or "6"
-        if fs_version.strip() != "6":
+        fs_version = (options.get("fs_version") or options.get("rafs_version") or "6").strip()
+        if fs_version not in ("5", "6"):
             raise ConfigError(
-                f"converter.driver.config.fs_version: only RAFS v6 is built, got {fs_version!r}"
+                f"converter.driver.config.fs_version: RAFS v5 and v6 are built, got {fs_version!r}"
             )
         merged = {**options, "compressor": options.get("compressor") or options.get("rafs_compressor") or ""}
         self.build_options = nydus.Options(
@@ -124,6 +127,9 @@ class NydusDriver(Driver[_LayerMeta]):
             chunk_size=int_option(options, "fs_chunk_size", 0x100000, minimum=0x1000),
             digester=choice_option(options, "digester", ("blake3", "sha256"), "blake3"),
             prefetch_patterns=list_option(options, "prefetch_patterns") or ("/",),
+            fs_version=int(fs_version),
+            # With v6 this changes nothing: v6 chunks are always 4 KiB-aligned (nydus-image forces it).
+            align_chunk=bool_option(options, "fs_align_chunk"),
         )
         try:
             self.build_options.check()
@@ -137,7 +143,10 @@ class NydusDriver(Driver[_LayerMeta]):
 
     def output_options(self) -> Mapping[str, Any]:
         o = self.build_options
+        # v6 keys stay as they were before v5 existed, so that caches of v6 layers remain valid.
+        v5: dict[str, Any] = {"fs_version": 5, "align_chunk": o.align_chunk} if o.fs_version == 5 else {}
         return {
+            **v5,
             "compressor": o.compressor,
             "chunk_size": o.chunk_size,
             "digester": o.digester,
@@ -231,7 +240,7 @@ class NydusDriver(Driver[_LayerMeta]):
             mt.OCI_LAYER_GZIP,
             digest,
             len(compressed),
-            annotations={keys.NYDUS_BOOTSTRAP: "true", FS_VERSION: "6"},
+            annotations={keys.NYDUS_BOOTSTRAP: "true", FS_VERSION: str(self.build_options.fs_version)},
         )
         diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
         return [ImageLayer(descriptor, diff_id, dict(BOOTSTRAP_HISTORY))]
@@ -261,7 +270,7 @@ class NydusDriver(Driver[_LayerMeta]):
         return {
             keys.NYDUS_SOURCE_DIGEST: digest,
             SOURCE_REFERENCE: reference,
-            FS_VERSION: "6",
+            FS_VERSION: str(self.build_options.fs_version),
             BUILDER_VERSION: f"accel-{__version__}",
         }
 

@@ -31,7 +31,12 @@ def test_every_driver_is_registered() -> None:
         ("zstdchunked", {"flavour": "podman"}, "converter.driver.config.flavour"),
         ("zstdchunked", {"prioritized_files": "/bin/sh"}, "only the stargz flavour"),
         ("zstdchunked", {"chunk_size": "100000"}, "needs a power of two up to 1 MiB"),
-        ("nydus", {"fs_version": "5"}, "converter.driver.config.fs_version"),
+        ("nydus", {"fs_version": "4"}, "converter.driver.config.fs_version: RAFS v5 and v6 are built"),
+        (
+            "nydus",
+            {"fs_align_chunk": "maybe"},
+            "converter.driver.config.fs_align_chunk: expected true or false",
+        ),
         ("nydus", {"compressor": "gzip"}, "converter.driver.config.compressor"),
         ("nydus", {"fs_chunk_size": "0x3000"}, "power of two"),
         (
@@ -65,6 +70,25 @@ def test_keys_change_with_output_options_only() -> None:
     assert driver_key("nydus") != driver_key("nydus", with_referrer="true"), "the image gains a subject"
     assert driver_key("nydus") != driver_key("nydus", compressor="lz4_block")
     assert driver_key("zstdchunked") != driver_key("zstdchunked", flavour="stargz")
+
+
+def test_nydus_fs_version_and_aligned_chunks() -> None:
+    def options(**config: str) -> tuple[int, bool]:
+        built = create_driver(DriverConfig(type="nydus", config=config)).build_options  # type: ignore[attr-defined]
+        return built.fs_version, built.aligned
+
+    assert options() == (6, True)
+    assert options(fs_version="5") == options(rafs_version="5") == (5, False)
+    assert options(fs_version="5", fs_align_chunk="true") == (5, True)
+    # v6 chunks are always aligned, so the option is accepted and changes nothing, not even the key.
+    assert options(fs_align_chunk="true") == (6, True)
+    assert (
+        driver_key("nydus")
+        == driver_key("nydus", fs_align_chunk="true")
+        == driver_key("nydus", fs_version="6")
+    )
+    assert driver_key("nydus", fs_version="5") != driver_key("nydus")
+    assert driver_key("nydus", fs_version="5") != driver_key("nydus", fs_version="5", fs_align_chunk="true")
 
 
 def test_hex_and_list_options() -> None:

@@ -1,11 +1,13 @@
-"""Nydus RAFS v6: reading/validating bootstraps and blobs, building per-layer blobs, merging bootstraps.
+"""Nydus RAFS v6 and v5: reading/validating bootstraps and blobs, building per-layer blobs, merging them.
 
-* ``build_layer(src, dst, Options()) -> LayerBuild``: tar layer stream -> nydus blob with inlined bootstrap.
+* ``build_layer(src, dst, Options()) -> LayerBuild``: tar layer stream -> nydus blob with inlined bootstrap
+  (RAFS v5 with ``Options(fs_version=5)``).
 * ``build_ref_layer(gzip_src, dst, Options()) -> LayerBuild``: gzip tar layer -> OCI-ref (zran) blob, metadata
   only, its chunks read from the original layer.
-* ``merge([(bootstrap, blob_id), ...]) -> bytes``: per-layer bootstraps -> image bootstrap (OCI whiteouts).
+* ``merge([(bootstrap, blob_id), ...]) -> bytes``: per-layer bootstraps -> image bootstrap (OCI whiteouts),
+  in the RAFS version of the layers.
 * ``read_bootstrap(bytes) -> Bootstrap``, ``read_blob(bytes) -> BlobFile``, ``validate(...)``;
-  ``read_bootstrap_v5`` for RAFS v5 (read-only).
+  ``read_bootstrap_v5`` for RAFS v5 (``reader_v5.to_tree_v5`` and ``writer_v5`` for its tree and layout).
 * ``bootstrap_layer_tar(...)``: the ``image/image.boot`` + ``image/<hex>.blob.meta`` tar.
 """
 

@@ -4,6 +4,10 @@ The output is what ``nydus-image create --type tar-rafs --blob-inline-meta --fea
 compressed chunks, ``image.blob`` header, blob meta (ci array + 4 KiB header), ``blob.digest``, the zstd
 ``image.boot`` and the ``rafs.blob.toc``, each followed by its 512-byte tar header. Chunks are compressed on
 a thread pool and written in order, so memory stays at a few chunks whatever the layer size.
+
+With ``fs_version=5`` it is what nydus-snapshotter asks for RAFS v5 (the same command without
+``--features blob-toc``): the chunks, ``image.blob``, then the uncompressed v5 bootstrap as ``image.boot``;
+v5 has no blob meta and no ToC.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from accel.formats.nydus.chunkcodec import compress, digest_of
 from accel.formats.nydus.ondisk import BlobEntry, BlobMetaHeader, CiV1, TocEntry, tar_header
 from accel.formats.nydus.tree import Chunk, Node, new_dir
 from accel.formats.nydus.writer import WriteOptions, makedev, write_bootstrap
+from accel.formats.nydus.writer_v5 import NO_RDEV, V5WriteOptions, write_bootstrap_v5
 from accel.formats.streams import ByteSink, ByteSource
 from accel.formats.tar import TarEntry, TarReader, check_safe, clean_path, encode_name
 
@@ -41,7 +46,12 @@ _MAX_FILE_SIZE = 1 << 50
 
 @dataclass(frozen=True)
 class Options:
-    """Build options (the converter's defaults: zstd, 1 MiB chunks, blake3, RAFS v6, prefetch ``/``)."""
+    """Build options (the converter's defaults: zstd, 1 MiB chunks, blake3, RAFS v6, prefetch ``/``).
+
+    ``align_chunk`` is ``nydus-image --aligned-chunk``: each chunk's uncompressed offset on a 4 KiB boundary.
+    It only changes RAFS v5, where chunks are packed by default; v6 addresses chunks by 4 KiB block, so
+    nydus-image always aligns them there.
+    """
 
     compressor: str = "zstd"
     chunk_size: int = c.DEFAULT_CHUNK_SIZE
@@ -49,10 +59,15 @@ class Options:
     fs_version: int = 6
     prefetch_patterns: tuple[str, ...] = ("/",)
     threads: int = 2
+    align_chunk: bool = False
+
+    @property
+    def aligned(self) -> bool:
+        return self.align_chunk or self.fs_version == 6
 
     def check(self) -> None:
-        if self.fs_version != 6:
-            raise FormatError(f"unsupported RAFS version {self.fs_version} (only 6 is built)")
+        if self.fs_version not in (5, 6):
+            raise FormatError(f"unsupported RAFS version {self.fs_version} (5 and 6 are built)")
         if self.compressor not in ("zstd", "lz4_block", "none"):
             raise FormatError(f"unsupported compressor {self.compressor!r}")
         if self.digester not in ("blake3", "sha256"):
@@ -169,7 +184,7 @@ class _Chunker:
                 )
                 self.out.write(stored)
                 self.c_off += len(stored)
-                self.u_off += -(-size // c.BLOCK_SIZE) * c.BLOCK_SIZE
+                self.u_off += -(-size // c.BLOCK_SIZE) * c.BLOCK_SIZE if self.opts.aligned else size
                 self.chunks.append(chunk)
                 self.by_digest[digest] = chunk
             node.chunks[index] = chunk
@@ -368,6 +383,8 @@ def _parent_dir(root: Node, path: str, name: str) -> Node:
 def _finish(
     out: Out, chunker: _Chunker, root: Node, files: int, opts: Options, blob_id: str | None
 ) -> LayerBuild:
+    if opts.fs_version == 5:
+        return _finish_v5(out, chunker, root, files, opts, blob_id)
     chunks = chunker.chunks
     toc: list[TocEntry] = []
     blobs: list[BlobEntry] = []
@@ -566,3 +583,65 @@ def write_bootstrap_and_toc(out: Out, bootstrap: bytes, toc: list[TocEntry]) -> 
     section = toc_bytes + tar_header(c.TOC_NAME, len(toc_bytes))
     out.write(section)
     return section
+
+
+def _finish_v5(
+    out: Out, chunker: _Chunker, root: Node, files: int, opts: Options, blob_id: str | None
+) -> LayerBuild:
+    blobs: list[BlobEntry] = []
+    entry: BlobEntry | None = None
+    if chunker.chunks:
+        out.write(tar_header(c.ENTRY_BLOB, out.pos))
+        # No ALIGNED bit even with aligned chunks: nydus sets it only when it writes a v6 blob meta.
+        entry = BlobEntry(
+            blob_id=c.PLACEHOLDER_BLOB_ID,
+            blob_index=0,
+            chunk_size=opts.chunk_size,
+            chunk_count=len(chunker.chunks),
+            compression_algo=c.COMPRESSOR_IDS[opts.compressor],
+            digest_algo=c.DIGESTER_IDS[opts.digester],
+            features=c.BF_INLINED_FS_META | c.BF_HAS_TAR_HEADER | c.BF_CAP_TAR_TOC,
+            compressed_size=out.pos,
+            uncompressed_size=chunker.u_off,
+        )
+        blobs.append(entry)
+    _mark_no_rdev(root)
+    bootstrap = write_bootstrap_v5(
+        root,
+        blobs,
+        V5WriteOptions(
+            chunk_size=opts.chunk_size,
+            compressor=opts.compressor,
+            digester=opts.digester,
+            prefetch=tuple(encode_name(p) for p in opts.prefetch_patterns),
+        ),
+    )
+    # Without the blob-toc feature nydus-image inlines the bootstrap uncompressed.
+    out.write(bootstrap)
+    out.write(tar_header(c.ENTRY_BOOTSTRAP, len(bootstrap)))
+    digest_hex = out.hash.hexdigest()
+    return LayerBuild(
+        blob_digest="sha256:" + digest_hex,
+        blob_size=out.pos,
+        blob_id=blob_id or digest_hex,
+        bootstrap=bootstrap,
+        blob_meta=b"",
+        blob_entry=entry,
+        chunk_count=len(chunker.chunks),
+        uncompressed_size=chunker.u_off,
+        files=files,
+    )
+
+
+def _mark_no_rdev(root: Node) -> None:
+    """nydus's tar builder stores ``i_rdev`` only for devices and fifos, ``u32::MAX`` for the rest."""
+    stack = [root]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if not (stat.S_ISCHR(node.mode) or stat.S_ISBLK(node.mode) or stat.S_ISFIFO(node.mode)):
+            node.rdev = NO_RDEV
+        stack.extend(node.children.values())

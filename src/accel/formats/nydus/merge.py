@@ -1,5 +1,6 @@
 """Merging per-layer bootstraps into the image bootstrap with OCI whiteouts (as nydus's
-``builder/src/merge.rs`` does)."""
+``builder/src/merge.rs`` does). RAFS v5 layers merge into a v5 bootstrap, v6 ones into v6; the tree logic is
+the same."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from accel.errors import FormatError
 from accel.formats.nydus import constants as c
 from accel.formats.nydus.ondisk import BlobEntry
 from accel.formats.nydus.reader import read_bootstrap, to_tree
+from accel.formats.nydus.reader_v5 import is_v5, read_bootstrap_v5, to_tree_v5
 from accel.formats.nydus.tree import Node
 from accel.formats.nydus.writer import WriteOptions, write_bootstrap
+from accel.formats.nydus.writer_v5 import V5WriteOptions, write_bootstrap_v5
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE = b".wh..wh..opq"
@@ -28,6 +31,29 @@ class MetaBlob:
     size: int
     toc_digest: bytes
     toc_size: int
+
+
+@dataclasses.dataclass
+class _Layer:
+    """What the merge takes from one per-layer bootstrap, v5 or v6."""
+
+    version: int
+    tree: Node
+    blobs: list[BlobEntry]
+    chunk_size: int
+    compressor: str
+    digester: str
+    explicit_uid_gid: bool
+
+
+def _load(data: bytes) -> _Layer:
+    if is_v5(data):
+        v5 = read_bootstrap_v5(data)
+        explicit = bool(v5.flags & c.SF_EXPLICIT_UID_GID)
+        return _Layer(5, to_tree_v5(v5), v5.blobs, v5.chunk_size, v5.compressor, v5.digester, explicit)
+    bs = read_bootstrap(data)
+    explicit = bool(bs.ext.flags & c.SF_EXPLICIT_UID_GID)
+    return _Layer(6, to_tree(bs), bs.blobs, bs.chunk_size, bs.compressor, bs.digester, explicit)
 
 
 def merge(
@@ -49,11 +75,15 @@ def merge(
     chunk_size = 0
     compressor = digester = ""
     explicit = False
+    version = 0
     for depth, (data, blob_id) in enumerate(layers):
         try:
-            bs = read_bootstrap(data)
+            bs = _load(data)
         except FormatError as exc:
             raise FormatError(f"layer {depth}: {exc.reason}", entry=exc.entry) from exc
+        if version and bs.version != version:
+            raise FormatError(f"layer {depth}: RAFS v{bs.version} cannot merge with v{version} layers")
+        version = bs.version
         if bs.blobs:
             if chunk_size and bs.chunk_size != chunk_size:
                 raise FormatError(
@@ -62,7 +92,7 @@ def merge(
             chunk_size = bs.chunk_size
         if not compressor or (bs.blobs and not sources):
             compressor, digester = bs.compressor, bs.digester
-            explicit = bool(bs.ext.flags & c.SF_EXPLICIT_UID_GID)
+            explicit = bs.explicit_uid_gid
         base = len(sources)
         for blob in bs.blobs:
             entry = dataclasses.replace(blob, features=blob.features & ~c.BF_INLINED_FS_META)
@@ -75,7 +105,7 @@ def merge(
             if len(entry.blob_id) != 64 or entry.blob_id == c.PLACEHOLDER_BLOB_ID:
                 raise FormatError(f"layer {depth}: blob {entry.blob_id!r} has no usable id")
             sources.append(entry)
-        tree = to_tree(bs)
+        tree = bs.tree
         seen: set[int] = set()
         for node in _walk_files(tree):
             if id(node) in seen:
@@ -88,13 +118,23 @@ def merge(
             _apply_root(merged, tree)
     assert merged is not None
     blobs = _renumber_blobs(merged, sources)
+    prefetch = tuple(p.encode("utf-8", "surrogateescape") for p in prefetch_patterns)
+    if version == 5:
+        v5 = V5WriteOptions(
+            chunk_size=chunk_size or c.DEFAULT_CHUNK_SIZE,
+            compressor=compressor,
+            digester=digester,
+            explicit_uid_gid=explicit,
+            prefetch=prefetch,
+        )
+        return write_bootstrap_v5(merged, blobs, v5)
     opts = WriteOptions(
         chunk_size=chunk_size or c.DEFAULT_CHUNK_SIZE,
         compressor=compressor,
         digester=digester,
         explicit_uid_gid=explicit,
         force_has_xattr=True,
-        prefetch=tuple(p.encode("utf-8", "surrogateescape") for p in prefetch_patterns),
+        prefetch=prefetch,
     )
     return write_bootstrap(merged, blobs, opts)
 
@@ -102,6 +142,8 @@ def merge(
 def _copy_meta(dst: Node, src: Node) -> None:
     dst.mode, dst.uid, dst.gid = src.mode, src.uid, src.gid
     dst.mtime, dst.mtime_nsec = src.mtime, src.mtime_nsec
+    # v5 stores i_rdev for directories too (u32::MAX from the tar builder); v6 ignores it there.
+    dst.rdev = src.rdev
     dst.xattrs = list(src.xattrs)
 
 

@@ -1,5 +1,5 @@
-"""Decoding of RAFS v5 bootstraps (the layout of nydus's ``rafs/src/metadata/layout/v5.rs``): read-only, for
-inspection and validation."""
+"""Decoding of RAFS v5 bootstraps (the layout of nydus's ``rafs/src/metadata/layout/v5.rs``), for inspection,
+validation and merging (``to_tree_v5`` gives the ``Node`` tree the writers and the merge work on)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.ondisk import ChunkInfo
+from accel.formats.nydus.ondisk import BlobEntry, ChunkInfo
+from accel.formats.nydus.tree import Chunk, Node
 
 V5_MAGIC = 0x52414653
 V5_VERSION = 0x500
@@ -53,14 +54,30 @@ class V5Bootstrap:
     blob_ids: list[str]
     prefetch: list[int]
     entries: list[tuple[bytes, int]]
+    # The blob table joined with the extended blob table (chunk count, features, sizes), when present.
+    blobs: list[BlobEntry] = field(default_factory=list)
+    inodes_count: int = 0
 
     @property
     def digester(self) -> str:
         return "sha256" if self.flags & c.SF_HASH_SHA256 else "blake3"
 
+    @property
+    def compressor(self) -> str:
+        return _compressor(self.flags)
+
+    @property
+    def chunk_size(self) -> int:
+        return self.block_size
+
 
 def _round8(n: int) -> int:
     return (n + 7) & ~7
+
+
+def is_v5(data: bytes) -> bool:
+    """Whether ``data`` starts with a RAFS v5 superblock (v6 has zeros there: its superblock is at 1024)."""
+    return len(data) >= 8 and struct.unpack_from("<II", data) == (V5_MAGIC, V5_VERSION)
 
 
 def read_bootstrap_v5(data: bytes) -> V5Bootstrap:
@@ -69,8 +86,8 @@ def read_bootstrap_v5(data: bytes) -> V5Bootstrap:
     if len(data) < V5_SB_SIZE:
         raise FormatError("v5 bootstrap too small", entry="superblock")
     f = struct.unpack_from(_SB_FMT, data, 0)
-    magic, version, sb_size, block_size, flags, _inodes_count, itable_off, prefetch_off, blob_off = f[:9]
-    itable_entries, prefetch_entries, blob_size = f[9:12]
+    magic, version, sb_size, block_size, flags, inodes_count, itable_off, prefetch_off, blob_off = f[:9]
+    itable_entries, prefetch_entries, blob_size, ext_entries, ext_off = f[9:14]
     if magic != V5_MAGIC or version != V5_VERSION or sb_size != V5_SB_SIZE:
         raise FormatError(
             f"not a RAFS v5 superblock (magic {magic:#x}, version {version:#x})", entry="superblock"
@@ -82,6 +99,22 @@ def read_bootstrap_v5(data: bytes) -> V5Bootstrap:
         list(struct.unpack_from(f"<{prefetch_entries}I", data, prefetch_off)) if prefetch_entries else []
     )
     blob_ids = _blob_ids(data[blob_off : blob_off + blob_size])
+    if ext_entries and (ext_entries < len(blob_ids) or ext_off + 64 * ext_entries > len(data)):
+        raise FormatError("v5 extended blob table too short or beyond end of file", entry="superblock")
+    blobs = []
+    for index, blob_id in enumerate(blob_ids):
+        entry = BlobEntry(
+            blob_id=blob_id,
+            blob_index=index,
+            chunk_size=block_size,
+            compression_algo=c.COMPRESSOR_IDS.get(_compressor(flags), 0),
+            digest_algo=1 if flags & c.SF_HASH_SHA256 else 0,
+        )
+        if ext_entries:
+            entry.chunk_count, entry.features, entry.uncompressed_size, entry.compressed_size = (
+                struct.unpack_from("<IIQQ", data, ext_off + 64 * index)
+            )
+        blobs.append(entry)
     inodes: dict[int, V5Inode] = {}
     for index in range(itable_entries):
         off = table[index] << 3
@@ -93,7 +126,14 @@ def read_bootstrap_v5(data: bytes) -> V5Bootstrap:
     entries: list[tuple[bytes, int]] = []
     _walk(inodes, 1, b"/", entries, 0)
     entries.sort(key=lambda e: e[0])
-    return V5Bootstrap(flags, block_size, inodes, blob_ids, prefetch, entries)
+    return V5Bootstrap(flags, block_size, inodes, blob_ids, prefetch, entries, blobs, inodes_count)
+
+
+def _compressor(flags: int) -> str:
+    for name, bit in c.SUPER_COMPRESSION_FLAG.items():
+        if flags & bit:
+            return name
+    return "none"
 
 
 def _blob_ids(raw: bytes) -> list[str]:
@@ -166,3 +206,55 @@ def _walk(
         if sub is None or child <= ino:
             raise FormatError(f"bad v5 child inode {child}", entry=path.decode("utf-8", "replace"))
         _walk(inodes, child, path.rstrip(b"/") + b"/" + sub.name, out, depth + 1)
+
+
+def to_tree_v5(bs: V5Bootstrap) -> Node:
+    """The bootstrap as a ``Node`` tree: names sharing a regular file's ``i_ino`` share one ``Node`` (v5
+    stores a hardlink as one record per name). ``rdev`` is kept as stored, whatever the file type, so the
+    v5 writer gives it back unchanged."""
+    files: dict[int, Node] = {}
+
+    def make(index: int) -> Node:
+        rec = bs.inodes[index]
+        if stat.S_ISREG(rec.mode) and rec.ino in files:
+            return files[rec.ino]
+        node = Node(
+            mode=rec.mode,
+            uid=rec.uid,
+            gid=rec.gid,
+            mtime=rec.mtime,
+            mtime_nsec=rec.mtime_nsec,
+            size=rec.size if stat.S_ISREG(rec.mode) else 0,
+            rdev=rec.rdev,
+            symlink=rec.symlink,
+            xattrs=list(rec.xattrs.items()),
+            chunks=[
+                Chunk(
+                    digest=ch.digest,
+                    blob_index=ch.blob_index,
+                    ci_index=ch.index,
+                    compressed_offset=ch.compressed_offset,
+                    compressed_size=ch.compressed_size,
+                    uncompressed_offset=ch.uncompressed_offset,
+                    uncompressed_size=ch.uncompressed_size,
+                    compressed=bool(ch.flags & c.CHUNK_COMPRESSED),
+                    crc32=ch.crc32,
+                    has_crc32=bool(ch.flags & c.CHUNK_HAS_CRC32),
+                )
+                for ch in rec.chunks
+            ],
+        )
+        if stat.S_ISREG(rec.mode):
+            files[rec.ino] = node
+        return node
+
+    # ``read_bootstrap_v5`` already checked that children have larger indexes, so this ends; entries are
+    # in path order, so a directory comes before what is under it.
+    by_path: dict[bytes, Node] = {}
+    for path, index in bs.entries:
+        node = make(index)
+        by_path[path] = node
+        if path != b"/":
+            parent, _, name = path.rpartition(b"/")
+            by_path[parent or b"/"].children[name] = node
+    return by_path[b"/"]

@@ -2,7 +2,8 @@
 
 A blob converted earlier (found in a remote cache image) holds everything a merge needs in its trailer:
 the ToC sits behind the last 512-byte tar header, and points at ``image.boot``, ``blob.meta`` and
-``blob.meta.header``. Reading those few ranges costs kilobytes, not the blob.
+``blob.meta.header``. Reading those few ranges costs kilobytes, not the blob. A RAFS v5 blob has no ToC and
+no blob meta: it ends with its uncompressed ``image.boot`` and that entry's tar header.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def read_layer_meta(read_at: ReadAt, size: int) -> tuple[bytes, bytes]:
     if size < c.TAR_BLOCK:
         raise FormatError(f"blob of {size} bytes has no tar trailer")
     header = decode_tar_header(read_at(size - c.TAR_BLOCK, c.TAR_BLOCK))
+    if header.name == c.ENTRY_BOOTSTRAP:
+        if not 0 < header.size <= min(_MAX_SECTION, size - c.TAR_BLOCK):
+            raise FormatError(f"bad bootstrap size {header.size}", entry=c.ENTRY_BOOTSTRAP)
+        return read_at(size - c.TAR_BLOCK - header.size, header.size), b""
     if header.name != c.TOC_NAME:
         raise FormatError(f"the blob does not end with its ToC (found {header.name!r})", entry=header.name)
     if header.size % c.TOC_ENTRY_SIZE or not 0 < header.size <= _MAX_TOC:

@@ -254,9 +254,14 @@ def write_bootstrap(root: Node, blobs: list[BlobEntry], opts: WriteOptions) -> b
 
 
 def _prefetch_nids(root: Node, placed: dict[int, _Placed], patterns: tuple[bytes, ...]) -> list[int]:
-    """nids of the nodes named by the prefetch patterns; a pattern under an earlier one is dropped."""
+    return [placed[id(node)].offset // 32 for node in prefetch_targets(root, patterns)]
+
+
+def prefetch_targets(root: Node, patterns: tuple[bytes, ...]) -> list[Node]:
+    """The nodes named by the prefetch patterns, in pattern order; a pattern under an earlier one is
+    dropped, and so is one that names nothing."""
     kept: list[bytes] = []
-    nids: list[int] = []
+    nodes: list[Node] = []
     for pattern in patterns:
         parts = [p for p in pattern.split(b"/") if p and p != b"."]
         norm = b"/" + b"/".join(parts)
@@ -268,8 +273,8 @@ def _prefetch_nids(root: Node, placed: dict[int, _Placed], patterns: tuple[bytes
         if node is None:
             continue
         kept.append(norm)
-        nids.append(placed[id(node)].offset // 32)
-    return nids
+        nodes.append(node)
+    return nodes
 
 
 def _count_links(root: Node) -> dict[int, int]:

@@ -317,6 +317,6 @@ def test_ids_and_mtime_come_from_the_ustar_header_not_pax() -> None:
     assert bs.inode_at(b"/gnu-ids").inode.uid == 3_000_000  # base-256 in the header itself
 
 
-def test_rafs_v5_output_is_unsupported() -> None:
+def test_rafs_versions_other_than_5_and_6_are_unsupported() -> None:
     with pytest.raises(FormatError):
-        _build(make_tar([Item("a", data=b"1")]), Options(fs_version=5))
+        _build(make_tar([Item("a", data=b"1")]), Options(fs_version=4))
