@@ -140,6 +140,10 @@ class NydusDriver(Driver[_LayerMeta]):
         self.merge_keep_original = bool_option(options, "merge_keep_original")
         # Upstream forces gzip chunks and sha256 digests for ref layers whatever else is configured.
         self.oci_ref = bool_option(options, "oci_ref")
+        if self.oci_ref and self.build_options.fs_version != 6:
+            raise ConfigError(
+                "converter.driver.config.oci_ref: OCI-ref images are RAFS v6 only (fs_version 6)"
+            )
 
     def output_options(self) -> Mapping[str, Any]:
         o = self.build_options
@@ -154,7 +158,7 @@ class NydusDriver(Driver[_LayerMeta]):
             "with_referrer": self.with_referrer,
             "merge_manifest": self.merge_manifest,
             "merge_keep_original": self.merge_keep_original,
-            "oci_ref": self.oci_ref,
+            **({"oci_ref": True} if self.oci_ref else {}),
         }
 
     def convert_layer(

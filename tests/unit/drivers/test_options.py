@@ -38,6 +38,8 @@ def test_every_driver_is_registered() -> None:
             "converter.driver.config.fs_align_chunk: expected true or false",
         ),
         ("nydus", {"compressor": "gzip"}, "converter.driver.config.compressor"),
+        ("nydus", {"oci_ref": "true", "fs_version": "5"}, "OCI-ref images are RAFS v6 only"),
+        ("nydus", {"oci_ref": "sometimes"}, "converter.driver.config.oci_ref: expected true or false"),
         ("nydus", {"fs_chunk_size": "0x3000"}, "power of two"),
         (
             "nydus",
