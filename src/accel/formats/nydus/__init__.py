@@ -2,6 +2,7 @@
 
 * ``build_layer(src, dst, Options()) -> LayerBuild``: tar layer stream -> nydus blob with inlined bootstrap.
 * ``merge([(bootstrap, blob_id), ...]) -> bytes``: per-layer bootstraps -> image bootstrap (OCI whiteouts).
+* ``read_chunk_dict(bootstrap) -> ChunkDict``: an image's chunks by digest, for ``build_layer(chunk_dict=)``.
 * ``read_bootstrap(bytes) -> Bootstrap``, ``read_blob(bytes) -> BlobFile``, ``validate(...)``;
   ``read_bootstrap_v5`` for RAFS v5 (read-only).
 * ``bootstrap_layer_tar(...)``: the ``image/image.boot`` + ``image/<hex>.blob.meta`` tar.
@@ -18,6 +19,7 @@ from accel.formats.nydus.blob import (
     verify_chunk_digests,
 )
 from accel.formats.nydus.builder import LayerBuild, Options, build_layer
+from accel.formats.nydus.chunkdict import ChunkDict, bootstrap_from_layer_at, read_chunk_dict
 from accel.formats.nydus.describe import blob_layout, bootstrap_layout, file_records, file_tree
 from accel.formats.nydus.merge import merge
 from accel.formats.nydus.packaging import bootstrap_from_layer, bootstrap_layer_tar
@@ -28,12 +30,14 @@ from accel.formats.nydus.validate import validate
 __all__ = [
     "BlobFile",
     "Bootstrap",
+    "ChunkDict",
     "LayerBuild",
     "Options",
     "V5Bootstrap",
     "blob_layout",
     "blob_meta_file",
     "bootstrap_from_layer",
+    "bootstrap_from_layer_at",
     "bootstrap_layer_tar",
     "bootstrap_layout",
     "build_layer",
@@ -44,6 +48,7 @@ __all__ = [
     "read_blob",
     "read_bootstrap",
     "read_bootstrap_v5",
+    "read_chunk_dict",
     "read_file",
     "stripped_blob_id",
     "to_tree",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
@@ -17,15 +17,23 @@ WHITEOUT_PREFIX = b".wh."
 OPAQUE = b".wh..wh..opq"
 
 
-def merge(layers: Sequence[tuple[bytes, str]], *, prefetch_patterns: Sequence[str] = ("/",)) -> bytes:
+def merge(
+    layers: Sequence[tuple[bytes, str]],
+    *,
+    prefetch_patterns: Sequence[str] = ("/",),
+    chunk_dict_blobs: Collection[str] = (),
+) -> bytes:
     """Merge ``(per-layer bootstrap, blob id)`` pairs, lowest layer first, into one bootstrap.
 
-    The blob id (the layer digest hex) replaces the placeholder id of the layer's blob. Only blobs that
-    some file still references are kept, numbered in order of first reference.
+    The blob id (the layer digest hex) replaces the placeholder id of the layer's blob. Blobs named in
+    ``chunk_dict_blobs`` (the chunk dictionary's, which the layers were built with) keep their ids and are
+    listed once however many layers reference them. Only blobs that some file still references are kept,
+    numbered in order of first reference.
     """
     if not layers:
         raise FormatError("nothing to merge")
     sources: list[BlobEntry] = []
+    dict_index: dict[str, int] = {}
     merged: Node | None = None
     chunk_size = 0
     compressor = digester = ""
@@ -44,13 +52,21 @@ def merge(layers: Sequence[tuple[bytes, str]], *, prefetch_patterns: Sequence[st
         if not compressor or (bs.blobs and not sources):
             compressor, digester = bs.compressor, bs.digester
             explicit = bool(bs.ext.flags & c.SF_EXPLICIT_UID_GID)
-        base = len(sources)
+        own = [blob for blob in bs.blobs if blob.blob_id not in chunk_dict_blobs]
+        local: list[int] = []
         for blob in bs.blobs:
             entry = dataclasses.replace(blob, features=blob.features & ~c.BF_INLINED_FS_META)
-            if len(bs.blobs) == 1:
+            shared = blob.blob_id in chunk_dict_blobs
+            if shared and blob.blob_id in dict_index:
+                local.append(dict_index[blob.blob_id])
+                continue
+            if not shared and len(own) == 1:
                 entry.blob_id = blob_id
             if len(entry.blob_id) != 64 or entry.blob_id == c.PLACEHOLDER_BLOB_ID:
                 raise FormatError(f"layer {depth}: blob {entry.blob_id!r} has no usable id")
+            if shared:
+                dict_index[blob.blob_id] = len(sources)
+            local.append(len(sources))
             sources.append(entry)
         tree = to_tree(bs)
         seen: set[int] = set()
@@ -58,7 +74,7 @@ def merge(layers: Sequence[tuple[bytes, str]], *, prefetch_patterns: Sequence[st
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            node.chunks = [dataclasses.replace(ch, blob_index=ch.blob_index + base) for ch in node.chunks]
+            node.chunks = [dataclasses.replace(ch, blob_index=local[ch.blob_index]) for ch in node.chunks]
         if merged is None:
             merged = tree
         else:
