@@ -84,7 +84,6 @@ def test_upstream_zran_sample_is_refused_with_the_reason() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("chunk_dict_ref", "r.example/dict:v1"),
         ("batch_size", "0x100000"),
         ("fs_align_chunk", "true"),
         ("encrypt_recipients", "jwe:key.pem"),

@@ -18,8 +18,13 @@ from accel.formats.nydus.blob import (
     stripped_blob_id,
     verify_chunk_digests,
 )
-from accel.formats.nydus.builder import LayerBuild, Options, build_layer
-from accel.formats.nydus.chunkdict import ChunkDict, bootstrap_from_layer_at, read_chunk_dict
+from accel.formats.nydus.builder import LayerBuild, Options, build_layer, check_chunk_dict
+from accel.formats.nydus.chunkdict import (
+    ChunkDict,
+    bootstrap_blob_ids,
+    bootstrap_from_layer_at,
+    read_chunk_dict,
+)
 from accel.formats.nydus.describe import blob_layout, bootstrap_layout, file_records, file_tree
 from accel.formats.nydus.merge import merge
 from accel.formats.nydus.packaging import bootstrap_from_layer, bootstrap_layer_tar
@@ -36,11 +41,13 @@ __all__ = [
     "V5Bootstrap",
     "blob_layout",
     "blob_meta_file",
+    "bootstrap_blob_ids",
     "bootstrap_from_layer",
     "bootstrap_from_layer_at",
     "bootstrap_layer_tar",
     "bootstrap_layout",
     "build_layer",
+    "check_chunk_dict",
     "extract_via_toc",
     "file_records",
     "file_tree",

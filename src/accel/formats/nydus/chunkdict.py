@@ -18,7 +18,7 @@ from typing import cast
 from accel.errors import FormatError
 from accel.formats.layercodec import decompressed
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.ondisk import BlobEntry
+from accel.formats.nydus.ondisk import BlobEntry, ExtSuperBlock
 from accel.formats.nydus.packaging import bootstrap_from_layer
 from accel.formats.nydus.reader import read_bootstrap
 from accel.formats.nydus.tree import Chunk
@@ -84,6 +84,21 @@ def read_chunk_dict(bootstrap: bytes) -> ChunkDict:
             ),
         )
     return ChunkDict(tuple(blobs), chunks, bs.digester, bs.chunk_size)
+
+
+def bootstrap_blob_ids(bootstrap: bytes) -> list[str]:
+    """The ids of a v6 bootstrap's blob table, in order, without decoding its tree (a per-layer bootstrap's
+    own blob has the placeholder id)."""
+    if len(bootstrap) < c.EXT_SB_OFFSET + ExtSuperBlock.SIZE:
+        raise FormatError(f"bootstrap too small ({len(bootstrap)} bytes)", entry="superblock")
+    ext = ExtSuperBlock.decode(bootstrap[c.EXT_SB_OFFSET : c.EXT_SB_OFFSET + ExtSuperBlock.SIZE])
+    start, size = ext.blob_table_offset, ext.blob_table_size
+    if start + size > len(bootstrap):
+        raise FormatError("blob table beyond end of file", entry="blob table")
+    return [
+        BlobEntry.decode(bootstrap[start + i : start + i + BlobEntry.SIZE]).blob_id
+        for i in range(0, size - size % BlobEntry.SIZE, BlobEntry.SIZE)
+    ]
 
 
 class _RangedStream(io.RawIOBase):
