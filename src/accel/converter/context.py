@@ -195,7 +195,7 @@ class ConversionIO:
     def read_blob(self, digest: str) -> bytes:
         if self.store.has(digest):
             return self.store.read_bytes(digest)
-        data = self.source.read_blob(digest)
+        data = self.origin(digest).read_blob(digest)
         self.store.write_bytes(data, digest, lease=self.lease)
         return data
 

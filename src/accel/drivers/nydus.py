@@ -22,6 +22,7 @@ builder runs and the output is always OCI.
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import threading
 from collections.abc import Mapping, Sequence
@@ -231,7 +232,8 @@ class NydusDriver(Driver[_LayerMeta]):
         appended: Sequence[ImageLayer],
         ctx: DriverContext,
     ) -> ConvertedImage:
-        converted = super().finish_image(image, [*layers, *self._dict_layers(layers, ctx)], appended, ctx)
+        extra = self._dict_layers(layers, appended, ctx)
+        converted = super().finish_image(image, [*layers, *extra], appended, ctx)
         if self.with_referrer:
             converted.manifest.subject = image.descriptor()
         if self.merge_manifest:
@@ -295,33 +297,39 @@ class NydusDriver(Driver[_LayerMeta]):
         ]
 
     def _dict_layers(
-        self, layers: Sequence[ConvertedLayer[_LayerMeta]], ctx: DriverContext
+        self, layers: Sequence[ConvertedLayer[_LayerMeta]], appended: Sequence[ImageLayer], ctx: DriverContext
     ) -> list[ConvertedLayer[_LayerMeta]]:
-        """The dictionary blobs the layers reference, as layers after them (first reference in layer order),
-        so that registries keep them with the image and nydusd finds them by digest."""
+        """The dictionary blobs the merged bootstrap references, as layers after the converted ones in its
+        blob-table order (nydus-snapshotter's ``mergeManifestBlobDigests``), so that registries keep them
+        with the image and nydusd finds them by digest."""
         if not self.chunk_dict_ref:
             return []
         image = self._chunk_dict(ctx)[0]
         known = {blob.digest: blob for _, manifest in image.manifests for blob in manifest.layers}
         own = {layer.descriptor.digest for layer in layers}
         out: list[ConvertedLayer[_LayerMeta]] = []
-        for layer in layers:
-            for blob_id in self._referenced(layer):
-                digest = "sha256:" + blob_id
-                if digest in own:
-                    continue
-                found = known.get(digest)
-                if found is None:
-                    raise ConversionError(
-                        f"layer {layer.descriptor.digest} references blob {digest}, which the chunk "
-                        f"dictionary {image.reference} does not list (converted with an earlier dictionary?)"
-                    )
-                own.add(digest)
-                descriptor = Descriptor(
-                    mt.NYDUS_BLOB, digest, found.size, annotations={keys.NYDUS_BLOB: "true"}
+        for blob_id in nydus.bootstrap_blob_ids(self._merged_bootstrap(appended, ctx)):
+            digest = "sha256:" + blob_id
+            if digest in own:
+                continue
+            found = known.get(digest)
+            if found is None:
+                raise ConversionError(
+                    f"the image's bootstrap references blob {digest}, which the chunk dictionary "
+                    f"{image.reference} does not list (a layer converted with an earlier dictionary?)"
                 )
-                out.append(ConvertedLayer(descriptor, digest, _LayerMeta(b"", b"", blob_id)))
+            own.add(digest)
+            descriptor = Descriptor(mt.NYDUS_BLOB, digest, found.size, annotations={keys.NYDUS_BLOB: "true"})
+            out.append(ConvertedLayer(descriptor, digest, _LayerMeta(b"", b"", blob_id)))
         return out
+
+    @staticmethod
+    def _merged_bootstrap(appended: Sequence[ImageLayer], ctx: DriverContext) -> bytes:
+        for layer in appended:
+            if layer.descriptor.annotations.get(keys.NYDUS_BOOTSTRAP) == "true":
+                data = ctx.read_blob(layer.descriptor.digest)
+                return nydus.bootstrap_from_layer(decompressed(io.BytesIO(data)))
+        raise ConversionError("no bootstrap layer to list the chunk dictionary's blobs from")
 
     def manifest_annotations(self, reference: str, digest: str) -> dict[str, str]:
         return {

@@ -72,10 +72,20 @@ def _image(tmp: Path, name: str, files: dict[str, bytes]) -> Any:
 
 
 def _convert(
-    server: RegistryServer, work: Path, source: str, options: dict[str, str], target: str | None = None
+    server: RegistryServer,
+    work: Path,
+    source: str,
+    options: dict[str, str],
+    target: str | None = None,
+    **extra: Any,
 ) -> Any:
     config = make_config(
-        work, {server.host: server.source()}, driver="nydus", driver_config=options, tag_suffix="-nydus"
+        work,
+        {server.host: server.source()},
+        driver="nydus",
+        driver_config=options,
+        tag_suffix="-nydus",
+        **extra,
     )
     with Converter(config) as converter:
         return converter.convert(source, target=target)
@@ -182,3 +192,45 @@ def test_a_dictionary_that_is_not_nydus_is_refused(registry_plain: RegistryServe
             f"{host}/dict/not-nydus:v1",
             {"chunk_dict_ref": f"{host}/dict/not-nydus:v1"},
         )
+
+
+def test_only_dictionary_blobs_the_merged_image_uses_are_listed(
+    registry_plain: RegistryServer, tmp_path: Path
+) -> None:
+    """A dictionary of two blobs; the second image's upper layer deletes the only file backed by one of
+    them: that blob is left out of the merged bootstrap, so out of the manifest too, and the converter's own
+    check of the result (converter.verify) passes."""
+    big_root, small_root, upper_root = (tmp_path / n for n in ("big", "small", "upper"))
+    for root in (big_root, small_root, upper_root):
+        root.mkdir()
+    trees = [
+        (big_root, _tree(big_root, {"shared/big": SHARED["shared/big"]})),
+        (small_root, _tree(small_root, {"shared/small": _pseudo(b"small", MIB)})),
+    ]
+    first = build_tree_image(tmp_path / "first", trees)
+    lower_root = tmp_path / "lower"
+    lower_root.mkdir()
+    lower = _tree(lower_root, {"shared/big": SHARED["shared/big"], "shared/small": _pseudo(b"small", MIB)})
+    lower += _tree(lower_root, SECOND_ONLY)
+    upper = _tree(upper_root, {"shared/.wh.small": b""})
+    second = build_tree_image(tmp_path / "second", [(lower_root, lower), (upper_root, upper)])
+    host = registry_plain.host
+    push_layout(first.layout, f"{host}/dict/two:v1", format=None, tls_verify=False)
+    push_layout(second.layout, f"{host}/apps/whiteout:v1", format=None, tls_verify=False)
+    dictionary = _convert(registry_plain, tmp_path / "w1", f"{host}/dict/two:v1", {})
+    result = _convert(
+        registry_plain,
+        tmp_path / "w2",
+        f"{host}/apps/whiteout:v1",
+        {"chunk_dict_ref": dictionary.target},
+        converter__verify=True,
+    )
+    assert any(note.startswith("verify:") for note in result.notes), result.notes
+    dict_manifest, _, _ = _pull(registry_plain, dictionary.target)
+    big_blob, small_blob = (layer["digest"] for layer in dict_manifest["layers"][:2])
+    manifest, _, blobs = _pull(registry_plain, result.target)
+    layers = [layer["digest"] for layer in manifest["layers"]]
+    assert len(layers) == 4 and layers[2] == big_blob and small_blob not in layers
+    merged = _boot(gzip.decompress(blobs[layers[-1]]))
+    ids = [b.blob_id for b in validate(merged).blobs]
+    assert sorted("sha256:" + i for i in ids) == sorted([layers[0], big_blob])
