@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from accel.config import RegistryClientConfig
+from accel.content import ContentStore
 from accel.converter import Converter
 from accel.errors import ConversionError
 from accel.formats.nydus import file_tree, read_blob, validate
@@ -133,11 +134,20 @@ def test_second_image_references_the_first_as_chunk_dictionary(
         "annotations": {keys.NYDUS_BLOB: "true"},
     }
     assert blobs[dict_blob["digest"]] == dict_blobs[dict_blob["digest"]]
+    # The dictionary was read by ranges of its bootstrap layer: its data blob was mounted into the target,
+    # never pulled into this conversion's content store.
+    assert not ContentStore.for_work_dir(tmp_path / "w2").has(dict_blob["digest"])
     assert config["rootfs"]["diff_ids"][:2] == [layers[0]["digest"], dict_blob["digest"]]
 
     # shared/big (3 chunks) and shared/small come from the dictionary; second/only's 2 chunks are written.
     own = read_blob(blobs[layers[0]["digest"]])
     assert len(own.chunks) == 2
+    # Converted again, layers and bootstrap come from the layer cache, and the dictionary blob is still
+    # listed: the same manifest.
+    again = _convert(
+        registry_plain, tmp_path / "w2", f"{host}/apps/second:v1", {"chunk_dict_ref": dictionary.target}
+    )
+    assert (again.cache_hits, again.target_digest) == (1, result.target_digest)
     plain_manifest, _, plain_blobs = _pull(registry_plain, plain.target)
     assert len(read_blob(plain_blobs[plain_manifest["layers"][0]["digest"]]).chunks) == 6
     assert any("4 chunks" in note and "chunk dictionary" in note for note in result.notes), result.notes
