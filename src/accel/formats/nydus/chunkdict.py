@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from accel.errors import FormatError
 from accel.formats.layercodec import decompressed
@@ -21,9 +20,11 @@ from accel.formats.nydus import constants as c
 from accel.formats.nydus.ondisk import BlobEntry, ExtSuperBlock
 from accel.formats.nydus.packaging import bootstrap_from_layer
 from accel.formats.nydus.reader import read_bootstrap
+from accel.formats.nydus.tail import ReadAt
 from accel.formats.nydus.tree import Chunk
 
-ReadAt = Callable[[int, int], bytes]
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 # Ranged reads of a dictionary's bootstrap layer: large enough that a bootstrap of 100k files takes a few
 # requests, small enough that the data blobs' metas after it are not fetched in one piece needlessly.
@@ -113,7 +114,7 @@ class _RangedStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf: memoryview | bytearray, /) -> int:  # type: ignore[override]
+    def readinto(self, buf: WriteableBuffer, /) -> int:
         view = memoryview(buf).cast("B")
         want = min(len(view), _RANGE, self._size - self._pos)
         if want <= 0:
