@@ -84,7 +84,6 @@ def test_upstream_zran_sample_loads_as_an_oci_ref_nydus_driver() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        ("chunk_dict_ref", "r.example/dict:v1"),
         ("batch_size", "0x100000"),
         ("encrypt_recipients", "jwe:key.pem"),
         ("backend_type", "oss"),

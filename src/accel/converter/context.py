@@ -5,6 +5,10 @@ conversion's lease, so garbage collection never removes what a running conversio
 layer cache located elsewhere (``origins``) are pulled from there. A driver reads a layer while it is
 being pulled (a ``GrowingFile`` of the blob being written): decompressing and converting overlap the
 download, and the layer's end is only reached once its digest verified.
+
+Images other than the source that a driver opens (``open_image``: a Nydus chunk dictionary) are resolved
+once per conversion through the converter's repositories, so only configured registries are contacted;
+their blobs are then pulled or mounted from where they live when a converted manifest lists them.
 """
 
 from __future__ import annotations
@@ -12,15 +16,21 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
 from accel.content import BlobWriter, ContentStore, GrowingFile, Lease
 from accel.converter.progress import Counters
 from accel.converter.repositories import ImageRepository
-from accel.errors import CanceledError
-from accel.oci.manifest import Descriptor
+from accel.drivers.base import ReadAt
+from accel.errors import CanceledError, ConversionError
+from accel.oci import mediatypes as mt
+from accel.oci.manifest import Descriptor, Index, Manifest, parse_manifest
+
+RepositoryOpener = Callable[[str], tuple[ImageRepository, str]]
+"""An image reference -> its repository and the tag or digest in it (the converter's ``open_repository``)."""
 
 
 def _feeding(reader: GrowingFile) -> Callable[[int], None]:
@@ -30,6 +40,62 @@ def _feeding(reader: GrowingFile) -> Callable[[int], None]:
         reader.advance_to(size)
 
     return written
+
+
+@dataclass(frozen=True)
+class _OpenedImage:
+    """``OpenedImage``: an image resolved in its repository."""
+
+    reference: str
+    manifests: Sequence[tuple[Descriptor, Manifest]]
+    repository: ImageRepository
+
+    def read_at(self, blob: Descriptor) -> ReadAt:
+        def read(offset: int, length: int) -> bytes:
+            return self.repository.read_range(blob.digest, offset, length)
+
+        return read
+
+
+class OtherImages:
+    """The images other than the source that one conversion's driver opens, each resolved once (its tag
+    could move during the conversion); their blobs' repositories are where those blobs come from."""
+
+    def __init__(self, opener: RepositoryOpener | None) -> None:
+        self._opener = opener
+        self._images: dict[str, _OpenedImage] = {}
+        self._origins: dict[str, ImageRepository] = {}
+        self._lock = threading.Lock()
+
+    def open(self, reference: str) -> _OpenedImage:
+        with self._lock:
+            found = self._images.get(reference)
+            if found is None:
+                found = self._images[reference] = self._resolve(reference)
+                for _, manifest in found.manifests:
+                    for blob in [manifest.config, *manifest.layers]:
+                        self._origins.setdefault(blob.digest, found.repository)
+            return found
+
+    def _resolve(self, reference: str) -> _OpenedImage:
+        if self._opener is None:
+            raise ConversionError(f"{reference}: no other image can be opened here")
+        repository, name = self._opener(reference)
+        data, media_type, digest = repository.get_manifest(name)
+        document = parse_manifest(data, media_type)
+        manifests: list[tuple[Descriptor, Manifest]] = []
+        if isinstance(document, Index):
+            for entry in document.manifests:
+                if entry.media_type in mt.MANIFESTS:
+                    child, child_type, _ = repository.get_manifest(entry.digest)
+                    manifests.append((entry, Manifest.from_json(child, child_type)))
+        else:
+            manifests.append((Descriptor.of(data, media_type), document))
+        return _OpenedImage(repository.describe(digest), tuple(manifests), repository)
+
+    def origin(self, digest: str) -> ImageRepository | None:
+        with self._lock:
+            return self._origins.get(digest)
 
 
 class ConversionIO:
@@ -48,6 +114,7 @@ class ConversionIO:
         counters: Counters,
         cancel: threading.Event | None,
         scratch: Path,
+        images: OtherImages | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -56,12 +123,20 @@ class ConversionIO:
         self.counters = counters
         self.cancel = cancel
         self._scratch = scratch
+        self.images = images or OtherImages(None)
         self.notes: list[str] = []
         self._notes_lock = threading.Lock()
 
     def for_layer(self) -> ConversionIO:
         return ConversionIO(
-            self.store, self.lease, self.source, self.origins, self.counters, self.cancel, self._scratch
+            self.store,
+            self.lease,
+            self.source,
+            self.origins,
+            self.counters,
+            self.cancel,
+            self._scratch,
+            self.images,
         )
 
     # ------------------------------------------------------------------ DriverContext
@@ -120,13 +195,16 @@ class ConversionIO:
     def read_blob(self, digest: str) -> bytes:
         if self.store.has(digest):
             return self.store.read_bytes(digest)
-        data = self.source.read_blob(digest)
+        data = self.origin(digest).read_blob(digest)
         self.store.write_bytes(data, digest, lease=self.lease)
         return data
 
     def check_canceled(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise CanceledError("conversion canceled")
+
+    def open_image(self, reference: str) -> _OpenedImage:
+        return self.images.open(reference)
 
     def advance(self, nbytes: int) -> None:
         self.counters.advance("convert", nbytes)
@@ -144,7 +222,7 @@ class ConversionIO:
 
     def origin(self, digest: str) -> ImageRepository:
         """Where a blob that is not in the store comes from."""
-        return self.origins.get(digest, self.source)
+        return self.origins.get(digest) or self.images.origin(digest) or self.source
 
     def ensure_local(self, blob: Descriptor) -> None:
         """Make ``blob`` present in the content store (and leased), pulling it if needed."""

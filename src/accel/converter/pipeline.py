@@ -33,7 +33,7 @@ from accel.converter.cache import (
     RemoteCache,
     RemoteRecord,
 )
-from accel.converter.context import ConversionIO
+from accel.converter.context import ConversionIO, OtherImages
 from accel.converter.progress import (
     ConversionResult,
     Counters,
@@ -326,7 +326,14 @@ class _Conversion:
             self.driver_key,
         )
         self.io = ConversionIO(
-            converter.store, lease, source_repo, self.caches.origins, counters, cancel, converter.scratch_dir
+            converter.store,
+            lease,
+            source_repo,
+            self.caches.origins,
+            counters,
+            cancel,
+            converter.scratch_dir,
+            OtherImages(self._open_other),
         )
         self.notes: list[str] = []
         self.cache_hits = 0
@@ -335,6 +342,11 @@ class _Conversion:
         self._count_lock = threading.Lock()
         self._uploads: dict[str, Future[None]] = {}
         self._uploads_lock = threading.Lock()
+
+    def _open_other(self, reference: str) -> tuple[ImageRepository, str]:
+        """An image a driver's options name, through the same client as sources (configured hosts only)."""
+        ref = parse_image_ref(reference)
+        return open_repository(ref, self.converter.client), _reference_of(ref)
 
     def _remote_cache(self) -> RemoteCache | None:
         config = self.converter.config

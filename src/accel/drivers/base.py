@@ -13,7 +13,9 @@ questions, for one platform's image at a time:
   (config rewritten, SOCI index, referrers, merged manifests).
 
 Drivers never talk to registries or caches: they read source layers and write blobs through a small
-``DriverContext``.
+``DriverContext``. An image other than the source that a driver's options name (Nydus's
+``chunk_dict_ref``) is opened through the context too (``open_image``): the converter resolves it through
+the configured registries, and makes its blobs present in the target when a converted manifest lists them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,29 @@ C = TypeVar("C", bound=str)
 
 ReadAt = Callable[[int, int], bytes]
 """``read_at(offset, length)``: ranged reads of one blob."""
+
+
+class OpenedImage(Protocol):
+    """An image other than the source, as the converter resolved it for a driver (``open_image``).
+
+    Its blobs are read by ranges, never pulled whole. A converted manifest may list them as its own layers:
+    the converter then makes them present in the target (mounted from their repository where it can).
+    """
+
+    @property
+    def reference(self) -> str:
+        """The image as resolved: ``host/repository@digest`` of what the reference pointed at."""
+        ...
+
+    @property
+    def manifests(self) -> Sequence[tuple[Descriptor, Manifest]]:
+        """Its manifests with their descriptors: the one manifest, or every manifest entry of an index in
+        index order (the descriptors carry the index's platforms and artifact types)."""
+        ...
+
+    def read_at(self, blob: Descriptor) -> ReadAt:
+        """Ranged reads of one of its blobs (unverified: the caller checks what it reads)."""
+        ...
 
 
 class DriverContext(Protocol):
@@ -57,6 +82,11 @@ class DriverContext(Protocol):
 
     def check_canceled(self) -> None:
         """Raise CanceledError when the conversion was canceled."""
+        ...
+
+    def open_image(self, reference: str) -> OpenedImage:
+        """Another image (``host/repo:tag`` or ``@digest``), resolved once per conversion however often it
+        is asked for; only configured registries are contacted."""
         ...
 
     def advance(self, nbytes: int) -> None:

@@ -14,7 +14,10 @@ merged bootstrap, whose bootstrap layer has no blob.meta files, as upstream pack
 ``prefetch_patterns`` (newline-separated absolute paths), ``with_referrer`` (a ``subject`` to the source
 manifest: Harbor shows the result as an accessory), ``merge_manifest`` (an index of the OCI and the
 Nydus manifests, the Nydus entries marked by their ``artifactType``; the OCI manifest gets an empty
-first layer as upstream's does, or stays the original with ``merge_keep_original``, our addition).
+first layer as upstream's does, or stays the original with ``merge_keep_original``, our addition),
+``chunk_dict_ref`` (a Nydus image whose chunks are referenced instead of written again: its bootstrap is
+read by ranges through the converter, and its blobs the image uses are listed as layers after the
+converted ones, as nydus-snapshotter lists chunk-dict blobs).
 Upstream's ``work_dir``, ``builder`` and ``docker2oci`` are accepted and have no effect: no external
 builder runs and the output is always OCI.
 """
@@ -22,7 +25,9 @@ builder runs and the output is always OCI.
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +40,7 @@ from accel.drivers.base import (
     Driver,
     DriverContext,
     ImageLayer,
+    OpenedImage,
     ReadAt,
     SourceImage,
     bool_option,
@@ -43,13 +49,15 @@ from accel.drivers.base import (
     int_option,
     list_option,
 )
-from accel.errors import ConfigError, FormatError
+from accel.errors import ConfigError, ConversionError, FormatError, InvalidReferenceError
 from accel.formats import nydus
 from accel.formats.layercodec import decompressed, gzip_compress
+from accel.formats.nydus import constants as nydus_constants
 from accel.formats.nydus.tail import read_layer_meta, read_toc_digest
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
 from accel.oci.manifest import Descriptor, ImageConfig, Manifest
+from accel.oci.reference import parse_image_ref
 
 FS_VERSION = "containerd.io/snapshot/nydus-fs-version"
 BUILDER_VERSION = "containerd.io/snapshot/nydus-builder-version"
@@ -69,6 +77,7 @@ _OPTIONS = (
     "merge_manifest",
     "merge_keep_original",
     "oci_ref",
+    "chunk_dict_ref",
     "docker2oci",
     "work_dir",
     "builder",
@@ -78,7 +87,6 @@ _OPTIONS = (
 # Upstream options this builder does not implement yet: set to anything but their off value they stop
 # the configuration with the reason, rather than converting to something other than what was asked.
 _NOT_YET = {
-    "chunk_dict_ref": "chunk dictionaries are not supported yet; every chunk is written",
     "batch_size": "batch chunks are not built yet",
     "encrypt_recipients": "encrypted blobs are not supported",
     "backend_type": "external blob backends (oss, s3) are not supported: blobs go to the registry",
@@ -144,6 +152,20 @@ class NydusDriver(Driver[_LayerMeta]):
             raise ConfigError(
                 "converter.driver.config.oci_ref: OCI-ref images are RAFS v6 only (fs_version 6)"
             )
+        self.chunk_dict_ref = (options.get("chunk_dict_ref") or "").strip()
+        if self.chunk_dict_ref:
+            try:
+                parse_image_ref(self.chunk_dict_ref)
+            except InvalidReferenceError as exc:
+                raise ConfigError(f"converter.driver.config.chunk_dict_ref: {exc}") from None
+        # Parsed dictionaries by bootstrap layer digest (content-addressed, so safe across conversions).
+        self._dicts: dict[str, nydus.ChunkDict] = {}
+        self._dicts_lock = threading.Lock()
+        if self.chunk_dict_ref and (self.oci_ref or self.build_options.fs_version != 6):
+            raise ConfigError(
+                "converter.driver.config.chunk_dict_ref: chunk dictionaries are built for RAFS v6 data "
+                "blobs only, not with oci_ref or fs_version 5"
+            )
 
     def output_options(self) -> Mapping[str, Any]:
         o = self.build_options
@@ -159,6 +181,7 @@ class NydusDriver(Driver[_LayerMeta]):
             "merge_manifest": self.merge_manifest,
             "merge_keep_original": self.merge_keep_original,
             **({"oci_ref": True} if self.oci_ref else {}),
+            **({"chunk_dict_ref": self.chunk_dict_ref} if self.chunk_dict_ref else {}),
         }
 
     def convert_layer(
@@ -166,10 +189,18 @@ class NydusDriver(Driver[_LayerMeta]):
     ) -> ConvertedLayer[_LayerMeta]:
         if self.oci_ref:
             return self._convert_ref_layer(layer, ctx)
+        dictionary = self._chunk_dict(ctx) if self.chunk_dict_ref else None
+        chunk_dict = dictionary[1] if dictionary else None
         with ctx.open_layer(layer) as raw, decompressed(raw) as tar, ctx.new_blob() as sink:
-            build = nydus.build_layer(tar, sink, self.build_options)
+            build = nydus.build_layer(tar, sink, self.build_options, chunk_dict=chunk_dict)
             digest, size = sink.commit()
         ctx.advance(build.uncompressed_size)
+        if dictionary and build.dict_chunks:
+            ctx.note(
+                f"layer {layer.digest}: {build.dict_chunks} chunks ({build.dict_bytes} bytes) referenced "
+                f"from the chunk dictionary {dictionary[0].reference}, not written again "
+                f"({build.chunk_count} written)"
+            )
         descriptor = Descriptor(mt.NYDUS_BLOB, digest, size, annotations={keys.NYDUS_BLOB: "true"})
         # A nydus blob is stored uncompressed, so its diff_id is its own digest.
         return ConvertedLayer(descriptor, digest, _LayerMeta(build.bootstrap, build.blob_meta, build.blob_id))
@@ -230,6 +261,7 @@ class NydusDriver(Driver[_LayerMeta]):
             [(layer.extra.bootstrap, layer.extra.blob_id) for layer in layers],
             prefetch_patterns=self.build_options.prefetch_patterns,
             meta_blobs=[_meta_blob(layer) for layer in layers],
+            chunk_dict_blobs=self._shared_blobs(layers, ctx),
         )
         blob_metas = [
             (layer.descriptor.digest.split(":", 1)[1], layer.extra.blob_meta)
@@ -256,7 +288,8 @@ class NydusDriver(Driver[_LayerMeta]):
         appended: Sequence[ImageLayer],
         ctx: DriverContext,
     ) -> ConvertedImage:
-        converted = super().finish_image(image, layers, appended, ctx)
+        extra = self._dict_layers(layers, appended, ctx)
+        converted = super().finish_image(image, [*layers, *extra], appended, ctx)
         if self.with_referrer:
             converted.manifest.subject = image.descriptor()
         if self.merge_manifest:
@@ -269,6 +302,90 @@ class NydusDriver(Driver[_LayerMeta]):
                 converted.artifacts.append(_with_empty_first_layer(image, ctx))
             converted.entry_artifact_type = mt.NYDUS_ARTIFACT
         return converted
+
+    # ------------------------------------------------------------------ chunk dictionary
+
+    def _chunk_dict(self, ctx: DriverContext) -> tuple[OpenedImage, nydus.ChunkDict]:
+        """The dictionary image and its chunks (the first of its manifests that is a Nydus image: chunk
+        digests are the same on every platform, so any one serves)."""
+        image = ctx.open_image(self.chunk_dict_ref)
+        for _, manifest in image.manifests:
+            boot = manifest.layers[-1] if manifest.layers else None
+            if boot is not None and boot.annotations.get(keys.NYDUS_BOOTSTRAP) == "true":
+                break
+        else:
+            raise ConversionError(
+                f"chunk_dict_ref {self.chunk_dict_ref}: {image.reference} is not a Nydus image "
+                "(no manifest ends with a bootstrap layer)"
+            )
+        with self._dicts_lock:
+            found = self._dicts.get(boot.digest)
+        if found is None:
+            try:
+                bootstrap = nydus.bootstrap_from_layer_at(image.read_at(boot), boot.size, boot.digest)
+                found = nydus.read_chunk_dict(bootstrap)
+                nydus.check_chunk_dict(found, self.build_options)
+            except FormatError as exc:
+                raise ConversionError(f"chunk_dict_ref {image.reference}: {exc}") from None
+            with self._dicts_lock:
+                if len(self._dicts) >= 4:
+                    self._dicts.pop(next(iter(self._dicts)))
+                self._dicts[boot.digest] = found
+        return image, found
+
+    def _shared_blobs(self, layers: Sequence[ConvertedLayer[_LayerMeta]], ctx: DriverContext) -> set[str]:
+        """Blob ids the merge keeps as they are: every id but the placeholder of a layer's own blob (the
+        dictionary's blobs, also those of a layer cached from an earlier dictionary, which finish_image then
+        refuses by name)."""
+        if not self.chunk_dict_ref:
+            return set()
+        shared = set(self._chunk_dict(ctx)[1].blob_ids)
+        for layer in layers:
+            shared.update(self._referenced(layer))
+        return shared
+
+    @staticmethod
+    def _referenced(layer: ConvertedLayer[_LayerMeta]) -> list[str]:
+        return [
+            i
+            for i in nydus.bootstrap_blob_ids(layer.extra.bootstrap)
+            if i != nydus_constants.PLACEHOLDER_BLOB_ID
+        ]
+
+    def _dict_layers(
+        self, layers: Sequence[ConvertedLayer[_LayerMeta]], appended: Sequence[ImageLayer], ctx: DriverContext
+    ) -> list[ConvertedLayer[_LayerMeta]]:
+        """The dictionary blobs the merged bootstrap references, as layers after the converted ones in its
+        blob-table order (nydus-snapshotter's ``mergeManifestBlobDigests``), so that registries keep them
+        with the image and nydusd finds them by digest."""
+        if not self.chunk_dict_ref:
+            return []
+        image = self._chunk_dict(ctx)[0]
+        known = {blob.digest: blob for _, manifest in image.manifests for blob in manifest.layers}
+        own = {layer.descriptor.digest for layer in layers}
+        out: list[ConvertedLayer[_LayerMeta]] = []
+        for blob_id in nydus.bootstrap_blob_ids(self._merged_bootstrap(appended, ctx)):
+            digest = "sha256:" + blob_id
+            if digest in own:
+                continue
+            found = known.get(digest)
+            if found is None:
+                raise ConversionError(
+                    f"the image's bootstrap references blob {digest}, which the chunk dictionary "
+                    f"{image.reference} does not list (a layer converted with an earlier dictionary?)"
+                )
+            own.add(digest)
+            descriptor = Descriptor(mt.NYDUS_BLOB, digest, found.size, annotations={keys.NYDUS_BLOB: "true"})
+            out.append(ConvertedLayer(descriptor, digest, _LayerMeta(b"", b"", blob_id)))
+        return out
+
+    @staticmethod
+    def _merged_bootstrap(appended: Sequence[ImageLayer], ctx: DriverContext) -> bytes:
+        for layer in appended:
+            if layer.descriptor.annotations.get(keys.NYDUS_BOOTSTRAP) == "true":
+                data = ctx.read_blob(layer.descriptor.digest)
+                return nydus.bootstrap_from_layer(decompressed(io.BytesIO(data)))
+        raise ConversionError("no bootstrap layer to list the chunk dictionary's blobs from")
 
     def manifest_annotations(self, reference: str, digest: str) -> dict[str, str]:
         return {

@@ -6,6 +6,7 @@
   only, its chunks read from the original layer.
 * ``merge([(bootstrap, blob_id), ...]) -> bytes``: per-layer bootstraps -> image bootstrap (OCI whiteouts),
   in the RAFS version of the layers.
+* ``read_chunk_dict(bootstrap) -> ChunkDict``: an image's chunks by digest, for ``build_layer(chunk_dict=)``.
 * ``read_bootstrap(bytes) -> Bootstrap``, ``read_blob(bytes) -> BlobFile``, ``validate(...)``;
   ``read_bootstrap_v5`` for RAFS v5 (``reader_v5.to_tree_v5`` and ``writer_v5`` for its tree and layout).
 * ``bootstrap_layer_tar(...)``: the ``image/image.boot`` + ``image/<hex>.blob.meta`` tar.
@@ -21,7 +22,13 @@ from accel.formats.nydus.blob import (
     stripped_blob_id,
     verify_chunk_digests,
 )
-from accel.formats.nydus.builder import LayerBuild, Options, build_layer
+from accel.formats.nydus.builder import LayerBuild, Options, build_layer, check_chunk_dict
+from accel.formats.nydus.chunkdict import (
+    ChunkDict,
+    bootstrap_blob_ids,
+    bootstrap_from_layer_at,
+    read_chunk_dict,
+)
 from accel.formats.nydus.describe import blob_layout, bootstrap_layout, file_records, file_tree
 from accel.formats.nydus.merge import MetaBlob, merge
 from accel.formats.nydus.packaging import bootstrap_from_layer, bootstrap_layer_tar
@@ -33,17 +40,21 @@ from accel.formats.nydus.zran import build_ref_layer
 __all__ = [
     "BlobFile",
     "Bootstrap",
+    "ChunkDict",
     "LayerBuild",
     "MetaBlob",
     "Options",
     "V5Bootstrap",
     "blob_layout",
     "blob_meta_file",
+    "bootstrap_blob_ids",
     "bootstrap_from_layer",
+    "bootstrap_from_layer_at",
     "bootstrap_layer_tar",
     "bootstrap_layout",
     "build_layer",
     "build_ref_layer",
+    "check_chunk_dict",
     "extract_via_toc",
     "file_records",
     "file_tree",
@@ -51,6 +62,7 @@ __all__ = [
     "read_blob",
     "read_bootstrap",
     "read_bootstrap_v5",
+    "read_chunk_dict",
     "read_file",
     "stripped_blob_id",
     "to_tree",

@@ -12,6 +12,7 @@ v5 has no blob meta and no ToC.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import stat
 from collections import deque
@@ -22,6 +23,7 @@ from typing import BinaryIO, Protocol
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
 from accel.formats.nydus.chunkcodec import compress, digest_of
+from accel.formats.nydus.chunkdict import ChunkDict
 from accel.formats.nydus.ondisk import BlobEntry, BlobMetaHeader, CiV1, TocEntry, tar_header
 from accel.formats.nydus.tree import Chunk, Node, new_dir
 from accel.formats.nydus.writer import WriteOptions, makedev, write_bootstrap
@@ -97,6 +99,12 @@ class LayerBuild:
     # OCI-ref layers: (sha256, size) of this blob's ToC section, which the merged bootstrap records for
     # the blob whose metadata lives here; None for a data blob.
     meta_blob_toc: tuple[bytes, int] | None = None
+    dict_chunks: int = 0
+    """Distinct chunks referenced from the chunk dictionary instead of written."""
+    dict_bytes: int = 0
+    """Their uncompressed size."""
+    dict_blob_ids: tuple[str, ...] = ()
+    """The dictionary blobs the layer's bootstrap references, in its blob-table order."""
 
 
 class Out:
@@ -129,9 +137,15 @@ class _Chunker:
     the main thread only parses tar headers, reads content and writes results.
     """
 
-    def __init__(self, out: Out, opts: Options) -> None:
+    def __init__(self, out: Out, opts: Options, chunk_dict: ChunkDict | None = None) -> None:
         self.out = out
         self.opts = opts
+        self.chunk_dict = chunk_dict
+        # Dictionary blob index -> index in this layer's blob table (1, 2, ... in order of first reference,
+        # after the layer's own blob, as upstream's BlobManager allocates them).
+        self.dict_blobs: dict[int, int] = {}
+        self.dict_refs: list[Chunk] = []
+        self.dict_bytes = 0
         self.pool = ThreadPoolExecutor(max_workers=max(1, opts.threads), thread_name_prefix="nydus-chunk")
         self.pending: deque[_Job] = deque()
         self.limit = 2 * max(1, opts.threads) + 2
@@ -170,6 +184,8 @@ class _Chunker:
         for (node, index), (digest, stored, compressed, size) in zip(targets, fut.result(), strict=True):
             chunk = self.by_digest.get(digest)
             if chunk is None or chunk.uncompressed_size != size:
+                chunk = self._from_dict(digest, size)
+            if chunk is None:
                 if len(self.chunks) >= c.MAX_CHUNK_COUNT:
                     raise FormatError("too many chunks in one layer")
                 chunk = Chunk(
@@ -189,6 +205,17 @@ class _Chunker:
                 self.by_digest[digest] = chunk
             node.chunks[index] = chunk
 
+    def _from_dict(self, digest: bytes, size: int) -> Chunk | None:
+        found = self.chunk_dict.lookup(digest, size) if self.chunk_dict is not None else None
+        if found is None:
+            return None
+        local = self.dict_blobs.setdefault(found.blob_index, len(self.dict_blobs) + 1)
+        chunk = dataclasses.replace(found, blob_index=local)
+        self.by_digest[digest] = chunk
+        self.dict_refs.append(chunk)
+        self.dict_bytes += size
+        return chunk
+
     def flush(self) -> None:
         self._send()
         while self.pending:
@@ -201,23 +228,45 @@ class _Chunker:
 
 
 def build_layer(
-    src: BinaryIO, dst: ByteSink, options: Options | None = None, *, blob_id: str | None = None
+    src: BinaryIO,
+    dst: ByteSink,
+    options: Options | None = None,
+    *,
+    blob_id: str | None = None,
+    chunk_dict: ChunkDict | None = None,
 ) -> LayerBuild:
     """Convert the uncompressed tar ``src`` into a nydus blob written to ``dst``.
 
     ``blob_id`` is the id recorded for the merged bootstrap; by default it is the sha256 of the output.
     The inlined bootstrap itself carries the ``"x" * 64`` placeholder id, as nydus-image does.
+    With ``chunk_dict``, chunks the dictionary holds are not written: the bootstrap points at them in the
+    dictionary's blobs, which join its blob table after the layer's own blob.
     """
     opts = options or Options()
     opts.check()
+    if chunk_dict is not None:
+        check_chunk_dict(chunk_dict, opts)
     out = Out(dst)
-    chunker = _Chunker(out, opts)
+    chunker = _Chunker(out, opts, chunk_dict)
     try:
         root, files = read_tar(src, chunker, opts)
         chunker.flush()
     finally:
         chunker.close()
     return _finish(out, chunker, root, files, opts, blob_id)
+
+
+def check_chunk_dict(chunk_dict: ChunkDict, opts: Options) -> None:
+    """A dictionary can serve a build only with the same chunk size (one image has one) and digester (the
+    digests would never match)."""
+    if chunk_dict.chunk_size != opts.chunk_size:
+        raise FormatError(
+            f"the chunk dictionary has {chunk_dict.chunk_size:#x} chunks, the build {opts.chunk_size:#x}"
+        )
+    if chunk_dict.digester != opts.digester:
+        raise FormatError(
+            f"the chunk dictionary digests chunks with {chunk_dict.digester}, the build {opts.digester}"
+        )
 
 
 class ChunkSink(Protocol):
@@ -432,6 +481,7 @@ def _finish(
         )
         blobs.append(entry)
         blob_meta = meta.cache_file
+    dict_blob_ids = _dict_blobs(chunker, blobs)
     wopts = WriteOptions(
         chunk_size=opts.chunk_size,
         compressor=opts.compressor,
@@ -452,6 +502,9 @@ def _finish(
         uncompressed_size=chunker.u_off,
         files=files,
         toc=toc,
+        dict_chunks=len(chunker.dict_refs),
+        dict_bytes=chunker.dict_bytes,
+        dict_blob_ids=dict_blob_ids,
     )
 
 
@@ -645,3 +698,19 @@ def _mark_no_rdev(root: Node) -> None:
         if not (stat.S_ISCHR(node.mode) or stat.S_ISBLK(node.mode) or stat.S_ISFIFO(node.mode)):
             node.rdev = NO_RDEV
         stack.extend(node.children.values())
+
+
+def _dict_blobs(chunker: _Chunker, blobs: list[BlobEntry]) -> tuple[str, ...]:
+    """Append the referenced dictionary blobs to ``blobs``; without a blob of its own the layer's table
+    starts with them."""
+    if chunker.chunk_dict is None or not chunker.dict_blobs:
+        return ()
+    if not blobs:
+        for chunk in chunker.dict_refs:
+            chunk.blob_index -= 1
+    ids = []
+    for dict_index, _ in sorted(chunker.dict_blobs.items(), key=lambda kv: kv[1]):
+        source = chunker.chunk_dict.blobs[dict_index]
+        blobs.append(dataclasses.replace(source, blob_index=len(blobs)))
+        ids.append(source.blob_id)
+    return tuple(ids)

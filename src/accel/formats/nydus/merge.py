@@ -5,7 +5,7 @@ the same."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from accel.errors import FormatError
@@ -61,16 +61,20 @@ def merge(
     *,
     prefetch_patterns: Sequence[str] = ("/",),
     meta_blobs: Sequence[MetaBlob | None] = (),
+    chunk_dict_blobs: Collection[str] = (),
 ) -> bytes:
     """Merge ``(per-layer bootstrap, blob id)`` pairs, lowest layer first, into one bootstrap.
 
-    The blob id (the layer digest hex) replaces the placeholder id of the layer's blob. Only blobs that
-    some file still references are kept, numbered in order of first reference. ``meta_blobs[i]``, where
-    given, says where layer ``i``'s separate metadata lives.
+    The blob id (the layer digest hex) replaces the placeholder id of the layer's blob. Blobs named in
+    ``chunk_dict_blobs`` (the chunk dictionary's, which the layers were built with) keep their ids and are
+    listed once however many layers reference them. Only blobs that some file still references are kept,
+    numbered in order of first reference. ``meta_blobs[i]``, where given, says where layer ``i``'s
+    separate metadata lives.
     """
     if not layers:
         raise FormatError("nothing to merge")
     sources: list[BlobEntry] = []
+    dict_index: dict[str, int] = {}
     merged: Node | None = None
     chunk_size = 0
     compressor = digester = ""
@@ -93,10 +97,15 @@ def merge(
         if not compressor or (bs.blobs and not sources):
             compressor, digester = bs.compressor, bs.digester
             explicit = bs.explicit_uid_gid
-        base = len(sources)
+        own = [blob for blob in bs.blobs if blob.blob_id not in chunk_dict_blobs]
+        local: list[int] = []
         for blob in bs.blobs:
             entry = dataclasses.replace(blob, features=blob.features & ~c.BF_INLINED_FS_META)
-            if len(bs.blobs) == 1:
+            shared = blob.blob_id in chunk_dict_blobs
+            if shared and blob.blob_id in dict_index:
+                local.append(dict_index[blob.blob_id])
+                continue
+            if not shared and len(own) == 1:
                 entry.blob_id = blob_id
                 meta = meta_blobs[depth] if depth < len(meta_blobs) else None
                 if meta is not None and entry.features & c.BF_SEPARATE:
@@ -104,6 +113,9 @@ def merge(
                     entry.blob_toc_digest, entry.blob_toc_size = meta.toc_digest, meta.toc_size
             if len(entry.blob_id) != 64 or entry.blob_id == c.PLACEHOLDER_BLOB_ID:
                 raise FormatError(f"layer {depth}: blob {entry.blob_id!r} has no usable id")
+            if shared:
+                dict_index[blob.blob_id] = len(sources)
+            local.append(len(sources))
             sources.append(entry)
         tree = bs.tree
         seen: set[int] = set()
@@ -111,7 +123,7 @@ def merge(
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            node.chunks = [dataclasses.replace(ch, blob_index=ch.blob_index + base) for ch in node.chunks]
+            node.chunks = [dataclasses.replace(ch, blob_index=local[ch.blob_index]) for ch in node.chunks]
         if merged is None:
             merged = tree
         else:
