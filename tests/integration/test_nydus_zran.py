@@ -90,6 +90,11 @@ def test_oci_ref_image_reads_back_from_the_original_gzip_layers(
                         meta, ch.ci_index, functools.partial(read_range, entry.blob_id)
                     )
                 got[path.decode("utf-8", "surrogateescape")] = hashlib.sha256(data).hexdigest()
+        # accelctl check reads the same image its own way (the project's zran reader) and agrees.
+        report = converter.check(f"{source}-nydus-oci-ref")
+        assert report.ok, [f for image in report.images for f in image.findings if not f.ok]
+        details = [f.detail for image in report.images for f in image.findings]
+        assert any("zran contexts into" in d for d in details) and any("paths equal" in d for d in details)
     want = {p: e.sha256 for p, e in apply_layers(list(layer_tars(image))).items() if e.type == "reg"}
     assert got == want
     assert again.target_digest == first.target_digest, "same source and options, same digests"

@@ -21,6 +21,7 @@ a conversion reads what the conversion wrote without downloading it again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -286,8 +287,16 @@ class ImageChecker:
             elif kind == "nydus-blob":
                 # Chunk digests need the bootstrap's compressor and digester: checked with the bootstrap.
                 blob = nydus.read_blob(raw.read())
-                nydus_blobs[layer.digest.split(":", 1)[1]] = blob
-                detail = f"sections and {len(blob.chunks)} chunk infos verified"
+                original = layer.annotations.get(keys.NYDUS_REF)
+                if original is not None and blob.is_zran:
+                    # An OCI-ref blob: its chunks are read by ranges from the original layer, whose digest
+                    # is also the blob id the bootstrap names.
+                    blob.original = functools.partial(repository.read_range, original)
+                    nydus_blobs[original.split(":", 1)[1]] = blob
+                    detail = f"sections and {len(blob.zran_contexts)} zran contexts into {original} verified"
+                else:
+                    nydus_blobs[layer.digest.split(":", 1)[1]] = blob
+                    detail = f"sections and {len(blob.chunks)} chunk infos verified"
             else:
                 detail = ""
             raw.seek(0)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from accel.errors import FormatError
@@ -18,8 +19,10 @@ from accel.formats.nydus.ondisk import (
     ZranContext,
     decode_tar_header,
 )
+from accel.formats.zran import inflate_from
 
 _MAX_TOC = 1 << 20
+ReadAt = Callable[[int, int], bytes]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,15 @@ class BlobFile:
     meta_header: BlobMetaHeader | None
     chunks: list[CiV1 | CiV2] = field(default_factory=list)
     digests: list[bytes] | None = None
+    zran_contexts: list[ZranContext] = field(default_factory=list)
+    zran_dicts: bytes = b""
+    # An OCI-ref blob's chunks live in the original gzip layer: ranged reads of it, when set.
+    original: ReadAt | None = None
+    _inflated: tuple[int, bytes] | None = None
+
+    @property
+    def is_zran(self) -> bool:
+        return bool(self.meta_header is not None and self.meta_header.features & c.BF_ZRAN)
 
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
@@ -82,12 +94,36 @@ class BlobFile:
 
     def chunk_data(self, index: int, compressor: str) -> bytes:
         ci = self.chunks[index]
+        if isinstance(ci, CiV2) and ci.flags & c.CI2_ZRAN:
+            return self._zran_chunk(index, ci)
         raw = self.data[ci.compressed_offset : ci.compressed_offset + ci.compressed_size]
         if len(raw) != ci.compressed_size:
             raise FormatError(f"chunk {index} beyond end of blob", entry=c.ENTRY_BLOB)
         if not ci.compressed:
             return raw
         return decompress(compressor, raw, ci.uncompressed_size)
+
+    def _zran_chunk(self, index: int, ci: CiV2) -> bytes:
+        """Inflate the chunk's context from the original layer (kept for the next chunk of the same one)."""
+        which, offset = ci.data >> 32, ci.data & 0xFFFFFFFF
+        if which >= len(self.zran_contexts):
+            raise FormatError(f"chunk {index} names zran context {which} of {len(self.zran_contexts)}")
+        if self._inflated is None or self._inflated[0] != which:
+            if self.original is None:
+                raise FormatError("an OCI-ref blob's chunks need the original layer", entry=c.ENTRY_BLOB)
+            ctx = self.zran_contexts[which]
+            window = self.zran_dicts[ctx.dict_offset : ctx.dict_offset + ctx.dict_size]
+            compressed = self.original(ctx.in_offset, ctx.in_len)
+            out = b"".join(
+                inflate_from([compressed], window=window, bits=ctx.ctx_bits, partial_byte=ctx.ctx_byte)
+            )
+            if len(out) < ctx.out_len:
+                raise FormatError(f"zran context {which} inflates to {len(out)} bytes, not {ctx.out_len}")
+            self._inflated = (which, out[: ctx.out_len])
+        data = self._inflated[1][offset : offset + ci.uncompressed_size]
+        if len(data) != ci.uncompressed_size:
+            raise FormatError(f"chunk {index} lies beyond its zran context", entry=c.ENTRY_BLOB)
+        return data
 
     def device_image(self, compressor: str, size: int | None = None) -> bytes:
         """The uncompressed view of the blob: chunk i at its uncompressed offset (EROFS device)."""
@@ -152,6 +188,7 @@ def read_blob(data: bytes, *, check: bool = True) -> BlobFile:
         raw_ci = data[header.ci_offset : header.ci_offset + header.ci_compressed_size]
         ci = raw_ci if compressor == "none" else decompress(compressor, raw_ci, header.ci_uncompressed_size)
         blob.chunks = decode_ci_array(ci, header)
+        blob.zran_contexts, blob.zran_dicts = decode_zran_table(ci, header)
     dig = blob.section(c.ENTRY_DIGEST)
     if dig is not None:
         raw = data[dig.data_offset : dig.data_offset + dig.size]

@@ -22,7 +22,10 @@ import hashlib
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
@@ -47,6 +50,8 @@ DIGESTER = "sha256"
 META_COMPRESSOR = "zstd"
 # nydusd refuses a context whose output exceeds its largest chunk (RAFS_MAX_CHUNK_SIZE).
 MAX_CONTEXT_OUTPUT = c.MAX_CHUNK_SIZE
+_MAX_RECENT = 4096
+_T = TypeVar("_T")
 FEATURES = (
     c.BF_ALIGNED
     | c.BF_INLINED_FS_META
@@ -70,17 +75,48 @@ class _Boundary:
     window: bytes
 
 
-class _Source:
-    """The gzip layer as read, hashed on the way: its sha256 is the blob id."""
+class _Hasher:
+    """sha256 work on one worker thread, run in submission order: hashlib releases the GIL on big buffers,
+    so the chunk and layer digests overlap inflating on the other core. A bounded queue keeps memory at a
+    few chunks."""
 
-    def __init__(self, src: ByteSource) -> None:
+    _LIMIT = 32
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zran-sha256")
+        self._queue: deque[Future[Any]] = deque()
+
+    def submit(self, fn: Callable[[bytes | bytearray], _T], data: bytes | bytearray) -> Future[_T]:
+        while len(self._queue) >= self._LIMIT:
+            self._queue.popleft().result()
+        fut = self._pool.submit(fn, data)
+        self._queue.append(fut)
+        return fut
+
+    def finish(self) -> None:
+        """Wait for every digest submitted so far."""
+        self._pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _sha256(data: bytes | bytearray) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class _Source:
+    """The gzip layer as read, hashed on the way (on the hasher's thread): its sha256 is the blob id."""
+
+    def __init__(self, src: ByteSource, hasher: _Hasher) -> None:
         self._src = src
+        self._hasher = hasher
         self.hash = hashlib.sha256()
         self.size = 0
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._src.read(n)
-        self.hash.update(data)
+        self._hasher.submit(self.hash.update, data)
         self.size += len(data)
         return data
 
@@ -107,6 +143,10 @@ class _Inflater(BlockInflater):
         window = self.window()[WINDOW_SIZE - have :] if have else b""
         byte = self.previous_byte() if bits else 0
         self.recent.append(_Boundary(self.compressed_size, out, bits, byte, self.members, window))
+        # The chunker drops what it no longer needs at each chunk; this bounds a long run without file data
+        # (the tar reader lags the inflater by about one chunk, a few dozen blocks at most).
+        if len(self.recent) > _MAX_RECENT:
+            self.recent.popleft()
 
     def boundary_before(self, offset: int) -> _Boundary | None:
         """The last boundary at or before uncompressed ``offset`` (asked for in increasing order)."""
@@ -129,43 +169,60 @@ class _ZranChunk:
     start: int  # uncompressed offset in the tar stream
 
 
+@dataclass
+class _Pending:
+    node: Node
+    index: int
+    context: int
+    start: int
+    size: int
+    digest: Future[bytes]
+
+
 class _ZranChunker:
     """Records each chunk's place in the gzip stream instead of writing it."""
 
-    def __init__(self, inflater: _Inflater, opts: Options) -> None:
+    def __init__(self, inflater: _Inflater, hasher: _Hasher, opts: Options) -> None:
         self.inflater = inflater
+        self.hasher = hasher
         self.chunk_size = opts.chunk_size
         self.contexts: list[_Context] = []
+        self.pending: list[_Pending] = []
         self.chunks: list[_ZranChunk] = []
-        self.by_digest: dict[bytes, Chunk] = {}
         self.u_off = 0
 
     def submit(self, node: Node, index: int, data: bytes | bytearray, offset: int) -> None:
-        if len(self.chunks) >= c.MAX_CHUNK_COUNT:
-            raise FormatError("too many chunks in one layer")
         size = len(data)
-        digest = hashlib.sha256(data).digest()
-        # Upstream deduplicates zran chunks too: a repeat refers to the first copy's context.
-        known = self.by_digest.get(digest)
-        if known is not None and known.uncompressed_size == size:
-            node.chunks[index] = known
-            return
         ctx = self._context_for(offset, size)
-        chunk = Chunk(
-            digest=digest,
-            blob_index=0,
-            ci_index=len(self.chunks),
-            compressed_offset=0,
-            compressed_size=0,
-            uncompressed_offset=self.u_off,
-            uncompressed_size=size,
-            compressed=True,
-        )
-        self.u_off += -(-size // c.BLOCK_SIZE) * c.BLOCK_SIZE
-        self.chunks.append(_ZranChunk(chunk, len(self.contexts) - 1, offset))
-        self.by_digest[digest] = chunk
+        digest = self.hasher.submit(_sha256, data)
+        self.pending.append(_Pending(node, index, len(self.contexts) - 1, offset, size, digest))
         ctx.end_out = max(ctx.end_out, offset + size)
-        node.chunks[index] = chunk
+
+    def resolve(self) -> None:
+        """Digests in; repeats deduplicated (upstream deduplicates zran chunks too: a repeat refers to the
+        first copy); contexts left without a chunk dropped, the others ending with their last chunk."""
+        first: dict[tuple[bytes, int], Chunk] = {}
+        ends: dict[int, int] = {}
+        for p in self.pending:
+            digest = p.digest.result()
+            known = first.get((digest, p.size))
+            if known is not None:
+                p.node.chunks[p.index] = known
+                continue
+            if len(self.chunks) >= c.MAX_CHUNK_COUNT:
+                raise FormatError("too many chunks in one layer")
+            chunk = Chunk(digest, 0, len(self.chunks), 0, 0, self.u_off, p.size, True)
+            self.u_off += -(-p.size // c.BLOCK_SIZE) * c.BLOCK_SIZE
+            first[(digest, p.size)] = chunk
+            p.node.chunks[p.index] = chunk
+            self.chunks.append(_ZranChunk(chunk, p.context, p.start))
+            ends[p.context] = max(ends.get(p.context, 0), p.start + p.size)
+        self.pending = []
+        kept = sorted(ends)
+        renumber = {old: new for new, old in enumerate(kept)}
+        self.contexts = [_Context(self.contexts[old].start, ends[old]) for old in kept]
+        for zc in self.chunks:
+            zc.context = renumber[zc.context]
 
     def _context_for(self, offset: int, size: int) -> _Context:
         newest = self.inflater.boundary_before(offset)
@@ -206,16 +263,22 @@ def build_ref_layer(src: ByteSource, dst: ByteSink, options: Options | None = No
     """
     opts = options or Options()
     opts.check()
-    source = _Source(src)
-    head = source.read(3)
-    if head[:2] != b"\x1f\x8b":
-        raise FormatError("an OCI-ref (zran) layer must be gzip-compressed")
-    inflater = _Inflater(_Prefixed(head, source))
-    chunker = _ZranChunker(inflater, opts)
-    root, files = read_tar(inflater, chunker, opts)
-    inflater.drain()
-    contexts, dicts = _finish_contexts(chunker, inflater)
-    return _write(dst, root, files, chunker, contexts, dicts, source, opts)
+    hasher = _Hasher()
+    try:
+        source = _Source(src, hasher)
+        head = source.read(3)
+        if head[:2] != b"\x1f\x8b":
+            raise FormatError("an OCI-ref (zran) layer must be gzip-compressed")
+        inflater = _Inflater(_Prefixed(head, source))
+        chunker = _ZranChunker(inflater, hasher, opts)
+        root, files = read_tar(inflater, chunker, opts)
+        inflater.drain()
+        hasher.finish()
+        chunker.resolve()
+        table = _context_table(chunker, inflater)
+        return _write(dst, root, files, chunker, table, source, opts)
+    finally:
+        hasher.close()
 
 
 class _Prefixed:
@@ -232,14 +295,39 @@ class _Prefixed:
         return self._src.read(n)
 
 
-def _finish_contexts(chunker: _ZranChunker, inflater: _Inflater) -> tuple[list[ZranContext], bytes]:
-    """Each context's compressed and uncompressed span (to the first block boundary after its chunks),
-    and every chunk's compressed range (the boundaries around it)."""
+@dataclass(frozen=True)
+class _MetaData:
+    """The uncompressed ci data of a zran blob: the ci v2 array, then the context table and dictionaries."""
+
+    data: bytes
+    ci_size: int
+    contexts: int
+
+
+def _context_table(chunker: _ZranChunker, inflater: _Inflater) -> _MetaData:
+    """Every chunk's compressed range (the boundaries around it) and ci entry, each context's compressed and
+    uncompressed span (to the first block boundary after its chunks), and the dictionaries, in one buffer."""
     b_in, b_out = inflater.bounds_in, inflater.bounds_out
     total_in, total_out = inflater.compressed_size, inflater.uncompressed_size
+    data = bytearray()
+    for zc in chunker.chunks:
+        ch = zc.chunk
+        first = bisect_right(b_out, zc.start) - 1
+        last = bisect_left(b_out, zc.start + ch.uncompressed_size)
+        ch.compressed_offset = b_in[first] if first >= 0 else 0
+        ch.compressed_size = (b_in[last] if last < len(b_in) else total_in) - ch.compressed_offset
+        offset = zc.start - chunker.contexts[zc.context].start.out_offset
+        flags = c.CI2_COMPRESSED | c.CI2_ZRAN
+        data += CiV2(
+            ch.uncompressed_offset,
+            ch.uncompressed_size,
+            ch.compressed_offset,
+            ch.compressed_size,
+            flags,
+            zc.context << 32 | offset,
+        ).encode()
+    ci_size = len(data)
     member_ends = {*inflater.member_starts[1:], total_out}
-    contexts: list[ZranContext] = []
-    dicts: list[bytes] = []
     dict_offset = 0
     for ctx in chunker.contexts:
         stop = ctx.end_out
@@ -258,27 +346,20 @@ def _finish_contexts(chunker: _ZranChunker, inflater: _Inflater) -> tuple[list[Z
                 f"a deflate block at uncompressed offset {start.out_offset} is too long to index "
                 f"({out_len} bytes of output before the next block boundary)"
             )
-        contexts.append(
-            ZranContext(
-                in_offset=start.in_offset,
-                out_offset=start.out_offset,
-                dict_offset=dict_offset,
-                in_len=end_in - start.in_offset,
-                out_len=out_len,
-                dict_size=len(start.window),
-                ctx_byte=start.byte,
-                ctx_bits=start.bits,
-            )
-        )
-        dicts.append(start.window)
+        data += ZranContext(
+            in_offset=start.in_offset,
+            out_offset=start.out_offset,
+            dict_offset=dict_offset,
+            in_len=end_in - start.in_offset,
+            out_len=out_len,
+            dict_size=len(start.window),
+            ctx_byte=start.byte,
+            ctx_bits=start.bits,
+        ).encode()
         dict_offset += len(start.window)
-    for zc in chunker.chunks:
-        ch = zc.chunk
-        first = bisect_right(b_out, zc.start) - 1
-        last = bisect_left(b_out, zc.start + ch.uncompressed_size)
-        ch.compressed_offset = b_in[first] if first >= 0 else 0
-        ch.compressed_size = (b_in[last] if last < len(b_in) else total_in) - ch.compressed_offset
-    return contexts, b"".join(dicts)
+    for ctx in chunker.contexts:
+        data += ctx.start.window
+    return _MetaData(bytes(data), ci_size, len(chunker.contexts))
 
 
 def _write(
@@ -286,8 +367,7 @@ def _write(
     root: Node,
     files: int,
     chunker: _ZranChunker,
-    contexts: list[ZranContext],
-    dicts: bytes,
+    table: _MetaData,
     source: _Source,
     opts: Options,
 ) -> LayerBuild:
@@ -299,25 +379,13 @@ def _write(
     blob_meta = b""
     entry: BlobEntry | None = None
     if chunks:
-        ci = b"".join(
-            CiV2(
-                zc.chunk.uncompressed_offset,
-                zc.chunk.uncompressed_size,
-                zc.chunk.compressed_offset,
-                zc.chunk.compressed_size,
-                c.CI2_COMPRESSED | c.CI2_ZRAN,
-                zc.context << 32 | (zc.start - chunker.contexts[zc.context].start.out_offset),
-            ).encode()
-            for zc in chunker.chunks
-        )
-        table = b"".join(ctx.encode() for ctx in contexts) + dicts
         meta = write_blob_meta(
             out,
-            ci + table,
+            table.data,
             META_COMPRESSOR,
             FEATURES,
             len(chunks),
-            zran=(len(ci), len(table), len(contexts)),
+            zran=(table.ci_size, len(table.data) - table.ci_size, table.contexts),
         )
         toc.extend(meta.toc)
         toc.append(write_digests(out, chunks))
