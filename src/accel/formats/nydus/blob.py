@@ -9,6 +9,15 @@ from dataclasses import dataclass, field
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
+from accel.formats.nydus.batch import (
+    BF_BATCH,
+    BatchContext,
+    batch_ref,
+    decode_batch_table,
+    is_batched,
+    slice_chunk,
+    unit_bytes,
+)
 from accel.formats.nydus.chunkcodec import decompress, digest_of
 from accel.formats.nydus.ondisk import (
     BlobMetaHeader,
@@ -42,6 +51,8 @@ class BlobFile:
     meta_header: BlobMetaHeader | None
     chunks: list[CiV1 | CiV2] = field(default_factory=list)
     digests: list[bytes] | None = None
+    batches: list[BatchContext] = field(default_factory=list)
+    _units: dict[int, bytes] = field(default_factory=dict, repr=False)
 
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
@@ -81,12 +92,25 @@ class BlobFile:
 
     def chunk_data(self, index: int, compressor: str) -> bytes:
         ci = self.chunks[index]
+        if is_batched(ci):
+            # One unit serves many chunks: keep the last few decompressed.
+            key = batch_ref(ci)[0]
+            unit = self._units.get(key)
+            if unit is None:
+                unit = unit_bytes(ci, self.batches, compressor, self._read)
+                if len(self._units) >= 4:
+                    self._units.pop(next(iter(self._units)))
+                self._units[key] = unit
+            return slice_chunk(ci, unit)
         raw = self.data[ci.compressed_offset : ci.compressed_offset + ci.compressed_size]
         if len(raw) != ci.compressed_size:
             raise FormatError(f"chunk {index} beyond end of blob", entry=c.ENTRY_BLOB)
         if not ci.compressed:
             return raw
         return decompress(compressor, raw, ci.uncompressed_size)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
 
     def device_image(self, compressor: str, size: int | None = None) -> bytes:
         """The uncompressed view of the blob: chunk i at its uncompressed offset (EROFS device)."""
@@ -145,12 +169,9 @@ def read_blob(data: bytes, *, check: bool = True) -> BlobFile:
             or header.ci_compressed_size != meta.size - BlobMetaHeader.SIZE
         ):
             raise FormatError("blob.meta header does not match its section", entry=c.ENTRY_META)
-        compressor = c.COMPRESSORS.get(header.ci_compressor)
-        if compressor is None:
-            raise FormatError(f"unknown ci compressor {header.ci_compressor}", entry=c.ENTRY_META)
-        raw_ci = data[header.ci_offset : header.ci_offset + header.ci_compressed_size]
-        ci = raw_ci if compressor == "none" else decompress(compressor, raw_ci, header.ci_uncompressed_size)
-        blob.chunks = decode_ci_array(ci, header)
+        stored = data[header.ci_offset : header.ci_offset + header.ci_compressed_size]
+        decoded = _decode_meta(stored, header)
+        blob.chunks, blob.batches = decoded.chunks, decoded.batches
     dig = blob.section(c.ENTRY_DIGEST)
     if dig is not None:
         raw = data[dig.data_offset : dig.data_offset + dig.size]
@@ -162,10 +183,43 @@ def read_blob(data: bytes, *, check: bool = True) -> BlobFile:
     return blob
 
 
+@dataclass
+class BlobMeta:
+    """A blob's chunk infos and batch contexts, decoded from its blob meta."""
+
+    header: BlobMetaHeader
+    chunks: list[CiV1 | CiV2]
+    batches: list[BatchContext]
+
+
+def read_blob_meta(raw: bytes) -> BlobMeta:
+    """Decode what nydusd fetches from a blob: ``[ci_offset, ci_offset + ci_compressed_size + 4096)``, the
+    stored ci data and the header after it."""
+    if len(raw) < BlobMetaHeader.SIZE:
+        raise FormatError("blob meta too small", entry=c.ENTRY_META)
+    header = BlobMetaHeader.decode(raw[-BlobMetaHeader.SIZE :])
+    if header.magic != c.BLOB_META_MAGIC or header.magic2 != c.BLOB_META_MAGIC:
+        raise FormatError("bad blob.meta magic", entry=c.ENTRY_META)
+    if header.ci_compressed_size != len(raw) - BlobMetaHeader.SIZE:
+        raise FormatError("blob meta header does not match its size", entry=c.ENTRY_META)
+    return _decode_meta(raw[: -BlobMetaHeader.SIZE], header)
+
+
+def _decode_meta(stored: bytes, header: BlobMetaHeader) -> BlobMeta:
+    compressor = c.COMPRESSORS.get(header.ci_compressor)
+    if compressor is None:
+        raise FormatError(f"unknown ci compressor {header.ci_compressor}", entry=c.ENTRY_META)
+    ci = stored if compressor == "none" else decompress(compressor, stored, header.ci_uncompressed_size)
+    return BlobMeta(header, decode_ci_array(ci, header), decode_batch_table(ci, header))
+
+
 def decode_ci_array(ci: bytes, header: BlobMetaHeader) -> list[CiV1 | CiV2]:
     v2 = bool(header.features & c.BF_CHUNK_INFO_V2)
     per = c.CI_V2_SIZE if v2 else c.CI_V1_SIZE
-    if len(ci) != header.ci_uncompressed_size or len(ci) != header.ci_entries * per:
+    # A batch table may follow the ci array (``decode_batch_table``).
+    tables = v2 and bool(header.features & BF_BATCH)
+    size_ok = len(ci) >= header.ci_entries * per if tables else len(ci) == header.ci_entries * per
+    if len(ci) != header.ci_uncompressed_size or not size_ok:
         raise FormatError(f"ci array is {len(ci)} bytes for {header.ci_entries} entries", entry=c.ENTRY_META)
     out: list[CiV1 | CiV2] = []
     for i in range(header.ci_entries):
@@ -198,7 +252,13 @@ def _check_blob(blob: BlobFile) -> None:
     blob_sec = blob.section(c.ENTRY_BLOB)
     limit = blob_sec.size if blob_sec is not None else len(data)
     for i, ci in enumerate(blob.chunks):
-        if ci.compressed_offset + ci.compressed_size > limit:
+        end = ci.compressed_offset + ci.compressed_size
+        if is_batched(ci):
+            index = batch_ref(ci)[0]
+            if index >= len(blob.batches):
+                raise FormatError(f"chunk {i} names batch {index} of {len(blob.batches)}", entry=c.ENTRY_META)
+            end = ci.compressed_offset + blob.batches[index].compressed_size
+        if end > limit:
             raise FormatError(f"chunk {i} beyond the chunk data", entry=c.ENTRY_BLOB)
         if ci.uncompressed_offset % c.BLOCK_SIZE:
             raise FormatError(f"chunk {i} uncompressed offset not 4K-aligned", entry=c.ENTRY_BLOB)
