@@ -85,7 +85,6 @@ def test_upstream_zran_sample_is_refused_with_the_reason() -> None:
     ("key", "value"),
     [
         ("chunk_dict_ref", "r.example/dict:v1"),
-        ("batch_size", "0x100000"),
         ("fs_align_chunk", "true"),
         ("encrypt_recipients", "jwe:key.pem"),
         ("backend_type", "oss"),
@@ -98,7 +97,7 @@ def test_nydus_options_not_built_yet_are_refused_and_their_off_values_accepted(k
                 {"converter": {"driver": {"type": "nydus", "config": {key: value}}}}
             ).converter.driver
         )
-    off = "false" if key == "fs_align_chunk" else ("0" if key == "batch_size" else "")
+    off = "false" if key == "fs_align_chunk" else ""
     create_driver(
         parse_config({"converter": {"driver": {"type": "nydus", "config": {key: off}}}}).converter.driver
     )

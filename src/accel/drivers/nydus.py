@@ -8,7 +8,9 @@ writes them, so nydusd, nydus-snapshotter and Harbor recognise the image.
 
 Options (upstream's names; every value a string): ``fs_version`` (6), ``compressor`` (zstd, lz4_block,
 none), ``fs_chunk_size`` (hex power of two, default 0x100000), ``digester`` (blake3, sha256),
-``prefetch_patterns`` (newline-separated absolute paths), ``with_referrer`` (a ``subject`` to the source
+``prefetch_patterns`` (newline-separated absolute paths), ``batch_size`` (small chunks packed into
+batch chunks of up to this size: ``0x`` hex or decimal, a power of two in [0x1000, fs_chunk_size];
+"0" or empty is off), ``with_referrer`` (a ``subject`` to the source
 manifest: Harbor shows the result as an accessory), ``merge_manifest`` (an index of the OCI and the
 Nydus manifests, the Nydus entries marked by their ``artifactType``; the OCI manifest gets an empty
 first layer as upstream's does, or stays the original with ``merge_keep_original``, our addition).
@@ -40,9 +42,10 @@ from accel.drivers.base import (
     int_option,
     list_option,
 )
-from accel.errors import ConfigError
+from accel.errors import ConfigError, FormatError
 from accel.formats import nydus
 from accel.formats.layercodec import decompressed, gzip_compress
+from accel.formats.nydus.batch import parse_batch_size
 from accel.formats.nydus.tail import read_layer_meta
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
@@ -61,6 +64,7 @@ _OPTIONS = (
     "fs_chunk_size",
     "digester",
     "prefetch_patterns",
+    "batch_size",
     "with_referrer",
     "merge_manifest",
     "merge_keep_original",
@@ -75,7 +79,6 @@ _OPTIONS = (
 _NOT_YET = {
     "oci_ref": "OCI-referenced (zran) images are not built yet; convert without it for data blobs",
     "chunk_dict_ref": "chunk dictionaries are not supported yet; every chunk is written",
-    "batch_size": "batch chunks are not built yet",
     "fs_align_chunk": "aligned chunks (a RAFS v5 builder option) are not supported: only RAFS v6 is built",
     "encrypt_recipients": "encrypted blobs are not supported",
     "backend_type": "external blob backends (oss, s3) are not supported: blobs go to the registry",
@@ -117,11 +120,16 @@ class NydusDriver(Driver[_LayerMeta]):
                 f"converter.driver.config.fs_version: only RAFS v6 is built, got {fs_version!r}"
             )
         merged = {**options, "compressor": options.get("compressor") or options.get("rafs_compressor") or ""}
+        try:
+            batch_size = parse_batch_size(options.get("batch_size") or "")
+        except FormatError as exc:
+            raise ConfigError(f"converter.driver.config.batch_size: {exc.reason}") from None
         self.build_options = nydus.Options(
             compressor=choice_option(merged, "compressor", ("zstd", "lz4_block", "none"), "zstd"),
             chunk_size=int_option(options, "fs_chunk_size", 0x100000, minimum=0x1000),
             digester=choice_option(options, "digester", ("blake3", "sha256"), "blake3"),
             prefetch_patterns=list_option(options, "prefetch_patterns") or ("/",),
+            batch_size=batch_size,
         )
         try:
             self.build_options.check()
@@ -133,7 +141,7 @@ class NydusDriver(Driver[_LayerMeta]):
 
     def output_options(self) -> Mapping[str, Any]:
         o = self.build_options
-        return {
+        out: dict[str, Any] = {
             "compressor": o.compressor,
             "chunk_size": o.chunk_size,
             "digester": o.digester,
@@ -142,6 +150,10 @@ class NydusDriver(Driver[_LayerMeta]):
             "merge_manifest": self.merge_manifest,
             "merge_keep_original": self.merge_keep_original,
         }
+        if o.batch_size:
+            # Only when on, so the keys of conversions without it (and the layer cache) stay as they were.
+            out["batch_size"] = o.batch_size
+        return out
 
     def convert_layer(
         self, layer: Descriptor, diff_id: str, ctx: DriverContext

@@ -69,11 +69,14 @@ def parse_batch_size(text: str) -> int:
     value = text.strip()
     if not value:
         return 0
-    try:
-        number = int(value[2:], 16) if value[:2] in ("0x", "0X") else int(value, 10)
-    except ValueError:
-        raise FormatError(f"invalid batch size {text!r}") from None
-    if not 0 <= number < 1 << 32:
+    hexadecimal = value[:2] in ("0x", "0X")
+    digits = value[2:] if hexadecimal else value
+    # Only plain digits, as Rust's integer parsing takes them (Python's int() also allows "_" and signs).
+    allowed = "0123456789abcdefABCDEF" if hexadecimal else "0123456789"
+    if not digits or any(ch not in allowed for ch in digits):
+        raise FormatError(f"invalid batch size {text!r}")
+    number = int(digits, 16 if hexadecimal else 10)
+    if number >= 1 << 32:
         raise FormatError(f"invalid batch size {text!r}")
     return number
 
