@@ -303,7 +303,11 @@ class ImageChecker:
     ) -> tuple[str, str]:
         """Add the layer to ``tree``; returns a detail line and the layer's diff_id."""
         hasher = hashlib.sha256()
-        stream = TeeStream(decompressed(raw), hasher.update, "layer")
+        # A nydus blob is stored as is; its first bytes are often a zstd chunk, which sniffing would take
+        # for a zstd-compressed layer.
+        stream = TeeStream(
+            decompressed(raw, "none" if kind == "nydus-blob" else None), hasher.update, "layer"
+        )
         detail = ""
         if kind == "nydus-blob":
             pass  # its files reach the tree through the bootstrap
