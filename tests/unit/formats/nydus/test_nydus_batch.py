@@ -27,7 +27,8 @@ from accel.formats.nydus import (
     validate,
 )
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.blob import BlobMeta
+from accel.formats.nydus.blob import BlobMeta, blob_meta_file
+from accel.formats.nydus.tail import read_layer_meta
 from tests.support.nydus_layers import Item, make_tar
 
 BATCH = 0x10000
@@ -267,6 +268,14 @@ def test_blob_table_and_chunk_table_as_nydus_writes_them(zstd_batch: Built) -> N
     assert meta_entry is not None
     raw_meta = zstd_batch.res.blob_meta[: header["ci_uncompressed_size"]]
     assert meta_entry.uncompressed_digest == hashlib.sha256(raw_meta).digest()
+
+
+def test_blob_meta_found_through_the_toc_and_the_tail_equals_the_builders(zstd_batch: Built) -> None:
+    """What the merge and the layer cache recover from a blob carries the batch table too."""
+    raw = zstd_batch.raw
+    assert blob_meta_file(raw) == zstd_batch.res.blob_meta
+    bootstrap, blob_meta = read_layer_meta(lambda off, n: raw[off : off + n], len(raw))
+    assert (bootstrap, blob_meta) == (zstd_batch.res.bootstrap, zstd_batch.res.blob_meta)
 
 
 # --- read back ----------------------------------------------------------------------------------------
