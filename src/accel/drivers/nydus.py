@@ -11,7 +11,9 @@ merged bootstrap, whose bootstrap layer has no blob.meta files, as upstream pack
 ``fs_align_chunk`` (4 KiB-aligned uncompressed chunk offsets: a v5 option, v6 is always aligned),
 ``compressor`` (zstd, lz4_block, none), ``fs_chunk_size`` (hex power of two, default 0x100000),
 ``digester`` (blake3, sha256),
-``prefetch_patterns`` (newline-separated absolute paths), ``with_referrer`` (a ``subject`` to the source
+``prefetch_patterns`` (newline-separated absolute paths), ``batch_size`` (small chunks packed into
+batch chunks of up to this size: ``0x`` hex or decimal, a power of two in [0x1000, fs_chunk_size];
+"0" or empty is off), ``with_referrer`` (a ``subject`` to the source
 manifest: Harbor shows the result as an accessory), ``merge_manifest`` (an index of the OCI and the
 Nydus manifests, the Nydus entries marked by their ``artifactType``; the OCI manifest gets an empty
 first layer as upstream's does, or stays the original with ``merge_keep_original``, our addition),
@@ -53,6 +55,7 @@ from accel.errors import ConfigError, ConversionError, FormatError, InvalidRefer
 from accel.formats import nydus
 from accel.formats.layercodec import decompressed, gzip_compress
 from accel.formats.nydus import constants as nydus_constants
+from accel.formats.nydus.batch import parse_batch_size
 from accel.formats.nydus.tail import read_layer_meta, read_toc_digest
 from accel.oci import annotations as keys
 from accel.oci import mediatypes as mt
@@ -73,6 +76,7 @@ _OPTIONS = (
     "fs_chunk_size",
     "digester",
     "prefetch_patterns",
+    "batch_size",
     "with_referrer",
     "merge_manifest",
     "merge_keep_original",
@@ -87,7 +91,6 @@ _OPTIONS = (
 # Upstream options this builder does not implement yet: set to anything but their off value they stop
 # the configuration with the reason, rather than converting to something other than what was asked.
 _NOT_YET = {
-    "batch_size": "batch chunks are not built yet",
     "encrypt_recipients": "encrypted blobs are not supported",
     "backend_type": "external blob backends (oss, s3) are not supported: blobs go to the registry",
     "backend_config": "external blob backends (oss, s3) are not supported: blobs go to the registry",
@@ -130,6 +133,10 @@ class NydusDriver(Driver[_LayerMeta]):
                 f"converter.driver.config.fs_version: RAFS v5 and v6 are built, got {fs_version!r}"
             )
         merged = {**options, "compressor": options.get("compressor") or options.get("rafs_compressor") or ""}
+        try:
+            batch_size = parse_batch_size(options.get("batch_size") or "")
+        except FormatError as exc:
+            raise ConfigError(f"converter.driver.config.batch_size: {exc.reason}") from None
         self.build_options = nydus.Options(
             compressor=choice_option(merged, "compressor", ("zstd", "lz4_block", "none"), "zstd"),
             chunk_size=int_option(options, "fs_chunk_size", 0x100000, minimum=0x1000),
@@ -138,6 +145,7 @@ class NydusDriver(Driver[_LayerMeta]):
             fs_version=int(fs_version),
             # With v6 this changes nothing: v6 chunks are always 4 KiB-aligned (nydus-image forces it).
             align_chunk=bool_option(options, "fs_align_chunk"),
+            batch_size=batch_size,
         )
         try:
             self.build_options.check()
@@ -161,6 +169,10 @@ class NydusDriver(Driver[_LayerMeta]):
         # Parsed dictionaries by bootstrap layer digest (content-addressed, so safe across conversions).
         self._dicts: dict[str, nydus.ChunkDict] = {}
         self._dicts_lock = threading.Lock()
+        if self.oci_ref and self.build_options.batch_size:
+            raise ConfigError(
+                "converter.driver.config.batch_size: not supported with oci_ref (nothing is packed)"
+            )
         if self.chunk_dict_ref and (self.oci_ref or self.build_options.fs_version != 6):
             raise ConfigError(
                 "converter.driver.config.chunk_dict_ref: chunk dictionaries are built for RAFS v6 data "
@@ -171,7 +183,7 @@ class NydusDriver(Driver[_LayerMeta]):
         o = self.build_options
         # v6 keys stay as they were before v5 existed, so that caches of v6 layers remain valid.
         v5: dict[str, Any] = {"fs_version": 5, "align_chunk": o.align_chunk} if o.fs_version == 5 else {}
-        return {
+        out: dict[str, Any] = {
             **v5,
             "compressor": o.compressor,
             "chunk_size": o.chunk_size,
@@ -183,6 +195,10 @@ class NydusDriver(Driver[_LayerMeta]):
             **({"oci_ref": True} if self.oci_ref else {}),
             **({"chunk_dict_ref": self.chunk_dict_ref} if self.chunk_dict_ref else {}),
         }
+        if o.batch_size:
+            # Only when on, so the keys of conversions without it (and the layer cache) stay as they were.
+            out["batch_size"] = o.batch_size
+        return out
 
     def convert_layer(
         self, layer: Descriptor, diff_id: str, ctx: DriverContext

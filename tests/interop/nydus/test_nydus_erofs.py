@@ -33,6 +33,7 @@ class Built:
     bootstrap: Path
     device: Path
     xattrs: dict[str, dict[str, bytes]]
+    batch_units: int = 0
 
 
 def _build(tmp: Path, name: str, items: list[Item], opts: Options) -> Built:
@@ -50,7 +51,7 @@ def _build(tmp: Path, name: str, items: list[Item], opts: Options) -> Built:
     xattrs = {
         "/" + it.name.strip("/"): {k: v.encode() for k, v in it.xattrs.items()} for it in items if it.xattrs
     }
-    return Built(tar, tmp / f"{name}.boot", tmp / f"{name}.dev", xattrs)
+    return Built(tar, tmp / f"{name}.boot", tmp / f"{name}.dev", xattrs, len(blob.batches))
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,7 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
         "zstd": _build(tmp, "zstd", items, Options()),
         "lz4": _build(tmp, "lz4", items, Options(compressor="lz4_block", digester="sha256")),
         "small-chunks": _build(tmp, "small", items, Options(chunk_size=0x10000, compressor="none")),
+        "batch": _build(tmp, "batch", items, Options(batch_size=0x100000)),
     }
 
 
@@ -70,7 +72,7 @@ def _reference(tmp: Path, tar: Path) -> dict[str, dict[str, object]]:
     return snapshot(dest)
 
 
-@pytest.mark.parametrize("name", ["zstd", "lz4", "small-chunks"])
+@pytest.mark.parametrize("name", ["zstd", "lz4", "small-chunks", "batch"])
 def test_fsck_15_extract_equals_gnu_tar(layers: dict[str, Built], name: str, tmp_path: Path) -> None:
     built = layers[name]
     fsck_extract(["fsck.erofs"], built.bootstrap, [built.device], tmp_path / "x")
@@ -80,6 +82,11 @@ def test_fsck_15_extract_equals_gnu_tar(layers: dict[str, Built], name: str, tmp
     assert {p: d.get("mtime") for p, d in got.items() if p != "/"} == {
         p: d.get("mtime") for p, d in want.items() if p != "/"
     }
+
+
+def test_the_batch_layer_has_batch_chunks(layers: dict[str, Built]) -> None:
+    """So that the fsck run over it reads files out of batch chunks (the small ones of the rich layer)."""
+    assert layers["batch"].batch_units >= 1 and layers["zstd"].batch_units == 0
 
 
 def _no_suid(snap: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

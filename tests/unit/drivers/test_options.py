@@ -102,3 +102,46 @@ def test_hex_and_list_options() -> None:
     options = driver.build_options  # type: ignore[attr-defined]
     assert options.chunk_size == 0x200000
     assert options.prefetch_patterns == ("/usr/bin", "/etc")
+
+
+@pytest.mark.parametrize(
+    ("value", "chunk_size", "want"),
+    [
+        ("0x100000", "", 0x100000),
+        ("0X1000", "", 0x1000),
+        ("65536", "", 0x10000),
+        ("0", "", 0),
+        ("", "", 0),
+        ("0x200000", "0x200000", 0x200000),
+    ],
+)
+def test_nydus_batch_size_as_upstream_writes_it(value: str, chunk_size: str, want: int) -> None:
+    driver = create_driver(
+        DriverConfig(type="nydus", config={"batch_size": value, "fs_chunk_size": chunk_size})
+    )
+    assert driver.build_options.batch_size == want  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0x3000", "batch size 0x3000 is not a power of two"),
+        ("0x800", "is not a power of two in [4 KiB, 16 MiB]"),
+        ("0x200000", "batch size 0x200000 is bigger than chunk size 0x100000"),
+        ("1m", "converter.driver.config.batch_size: invalid batch size '1m'"),
+        ("0x", "converter.driver.config.batch_size: invalid batch size"),
+        ("-4096", "converter.driver.config.batch_size: invalid batch size"),
+        ("0x100000000", "converter.driver.config.batch_size: invalid batch size"),
+        ("1_048_576", "converter.driver.config.batch_size: invalid batch size"),
+    ],
+)
+def test_nydus_batch_size_refused_as_nydus_image_refuses_it(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        create_driver(DriverConfig(type="nydus", config={"batch_size": value}))
+    assert message in str(err.value)
+
+
+def test_nydus_batch_size_changes_the_key_only_when_on() -> None:
+    assert driver_key("nydus") == driver_key("nydus", batch_size="0") == driver_key("nydus", batch_size="")
+    assert driver_key("nydus") != driver_key("nydus", batch_size="0x100000")
+    assert driver_key("nydus", batch_size="0x10000") != driver_key("nydus", batch_size="0x100000")

@@ -10,6 +10,14 @@ from dataclasses import dataclass, field
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
+from accel.formats.nydus.batch import (
+    BatchContext,
+    batch_ref,
+    decode_batch_table,
+    is_batched,
+    slice_chunk,
+    unit_bytes,
+)
 from accel.formats.nydus.chunkcodec import decompress, digest_of
 from accel.formats.nydus.ondisk import (
     BlobMetaHeader,
@@ -56,6 +64,9 @@ class BlobFile:
     def is_zran(self) -> bool:
         return bool(self.meta_header is not None and self.meta_header.features & c.BF_ZRAN)
 
+    batches: list[BatchContext] = field(default_factory=list)
+    _units: dict[int, bytes] = field(default_factory=dict, repr=False)
+
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
 
@@ -96,6 +107,16 @@ class BlobFile:
         ci = self.chunks[index]
         if isinstance(ci, CiV2) and ci.flags & c.CI2_ZRAN:
             return self._zran_chunk(index, ci)
+        if is_batched(ci):
+            # One unit serves many chunks: keep the last few decompressed.
+            key = batch_ref(ci)[0]
+            unit = self._units.get(key)
+            if unit is None:
+                unit = unit_bytes(ci, self.batches, compressor, self._read)
+                if len(self._units) >= 4:
+                    self._units.pop(next(iter(self._units)))
+                self._units[key] = unit
+            return slice_chunk(ci, unit)
         raw = self.data[ci.compressed_offset : ci.compressed_offset + ci.compressed_size]
         if len(raw) != ci.compressed_size:
             raise FormatError(f"chunk {index} beyond end of blob", entry=c.ENTRY_BLOB)
@@ -124,6 +145,9 @@ class BlobFile:
         if len(data) != ci.uncompressed_size:
             raise FormatError(f"chunk {index} lies beyond its zran context", entry=c.ENTRY_BLOB)
         return data
+
+    def _read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
 
     def device_image(self, compressor: str, size: int | None = None) -> bytes:
         """The uncompressed view of the blob: chunk i at its uncompressed offset (EROFS device)."""
@@ -182,13 +206,10 @@ def read_blob(data: bytes, *, check: bool = True) -> BlobFile:
             or header.ci_compressed_size != meta.size - BlobMetaHeader.SIZE
         ):
             raise FormatError("blob.meta header does not match its section", entry=c.ENTRY_META)
-        compressor = c.COMPRESSORS.get(header.ci_compressor)
-        if compressor is None:
-            raise FormatError(f"unknown ci compressor {header.ci_compressor}", entry=c.ENTRY_META)
-        raw_ci = data[header.ci_offset : header.ci_offset + header.ci_compressed_size]
-        ci = raw_ci if compressor == "none" else decompress(compressor, raw_ci, header.ci_uncompressed_size)
-        blob.chunks = decode_ci_array(ci, header)
-        blob.zran_contexts, blob.zran_dicts = decode_zran_table(ci, header)
+        stored = data[header.ci_offset : header.ci_offset + header.ci_compressed_size]
+        decoded = _decode_meta(stored, header)
+        blob.chunks, blob.batches = decoded.chunks, decoded.batches
+        blob.zran_contexts, blob.zran_dicts = decoded.zran_contexts, decoded.zran_dicts
     dig = blob.section(c.ENTRY_DIGEST)
     if dig is not None:
         raw = data[dig.data_offset : dig.data_offset + dig.size]
@@ -198,6 +219,39 @@ def read_blob(data: bytes, *, check: bool = True) -> BlobFile:
     if check:
         _check_blob(blob)
     return blob
+
+
+@dataclass
+class BlobMeta:
+    """A blob's chunk infos and batch or zran contexts, decoded from its blob meta."""
+
+    header: BlobMetaHeader
+    chunks: list[CiV1 | CiV2]
+    batches: list[BatchContext]
+    zran_contexts: list[ZranContext] = field(default_factory=list)
+    zran_dicts: bytes = b""
+
+
+def read_blob_meta(raw: bytes) -> BlobMeta:
+    """Decode what nydusd fetches from a blob: ``[ci_offset, ci_offset + ci_compressed_size + 4096)``, the
+    stored ci data and the header after it."""
+    if len(raw) < BlobMetaHeader.SIZE:
+        raise FormatError("blob meta too small", entry=c.ENTRY_META)
+    header = BlobMetaHeader.decode(raw[-BlobMetaHeader.SIZE :])
+    if header.magic != c.BLOB_META_MAGIC or header.magic2 != c.BLOB_META_MAGIC:
+        raise FormatError("bad blob.meta magic", entry=c.ENTRY_META)
+    if header.ci_compressed_size != len(raw) - BlobMetaHeader.SIZE:
+        raise FormatError("blob meta header does not match its size", entry=c.ENTRY_META)
+    return _decode_meta(raw[: -BlobMetaHeader.SIZE], header)
+
+
+def _decode_meta(stored: bytes, header: BlobMetaHeader) -> BlobMeta:
+    compressor = c.COMPRESSORS.get(header.ci_compressor)
+    if compressor is None:
+        raise FormatError(f"unknown ci compressor {header.ci_compressor}", entry=c.ENTRY_META)
+    ci = stored if compressor == "none" else decompress(compressor, stored, header.ci_uncompressed_size)
+    contexts, dicts = decode_zran_table(ci, header)
+    return BlobMeta(header, decode_ci_array(ci, header), decode_batch_table(ci, header), contexts, dicts)
 
 
 def decode_ci_array(ci: bytes, header: BlobMetaHeader) -> list[CiV1 | CiV2]:
@@ -260,7 +314,13 @@ def _check_blob(blob: BlobFile) -> None:
     # An OCI-ref blob's chunks point into the original gzip layer, not into this blob.
     separate = blob.meta_header is not None and blob.meta_header.features & c.BF_SEPARATE
     for i, ci in enumerate(blob.chunks):
-        if not separate and ci.compressed_offset + ci.compressed_size > limit:
+        end = ci.compressed_offset + ci.compressed_size
+        if is_batched(ci):
+            index = batch_ref(ci)[0]
+            if index >= len(blob.batches):
+                raise FormatError(f"chunk {i} names batch {index} of {len(blob.batches)}", entry=c.ENTRY_META)
+            end = ci.compressed_offset + blob.batches[index].compressed_size
+        if not separate and end > limit:
             raise FormatError(f"chunk {i} beyond the chunk data", entry=c.ENTRY_BLOB)
         if ci.uncompressed_offset % c.BLOCK_SIZE:
             raise FormatError(f"chunk {i} uncompressed offset not 4K-aligned", entry=c.ENTRY_BLOB)

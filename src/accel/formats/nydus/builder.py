@@ -22,6 +22,7 @@ from typing import BinaryIO, Protocol
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
+from accel.formats.nydus.batch import BATCH_FEATURES, BatchPacker, check_batch_size
 from accel.formats.nydus.chunkcodec import compress, digest_of
 from accel.formats.nydus.chunkdict import ChunkDict
 from accel.formats.nydus.ondisk import BlobEntry, BlobMetaHeader, CiV1, TocEntry, tar_header
@@ -67,6 +68,8 @@ class Options:
     def aligned(self) -> bool:
         return self.align_chunk or self.fs_version == 6
 
+    batch_size: int = 0  # 0: off; else small chunks are packed into batch chunks of up to this size
+
     def check(self) -> None:
         if self.fs_version not in (5, 6):
             raise FormatError(f"unsupported RAFS version {self.fs_version} (5 and 6 are built)")
@@ -77,6 +80,7 @@ class Options:
         cs = self.chunk_size
         if cs & (cs - 1) or not c.MIN_CHUNK_SIZE <= cs <= c.MAX_CHUNK_SIZE:
             raise FormatError(f"chunk size {cs:#x} is not a power of two in [4 KiB, 16 MiB]")
+        check_batch_size(self.batch_size, cs, self.fs_version)
         for p in self.prefetch_patterns:
             if not p.startswith("/"):
                 raise FormatError(f"prefetch pattern {p!r} is not absolute")
@@ -151,23 +155,30 @@ class _Chunker:
         self.limit = 2 * max(1, opts.threads) + 2
         self.batch: list[tuple[Node, int]] = []
         self.batch_data: list[bytes | bytearray] = []
+        self.batch_raw: list[bool] = []
         self.batch_bytes = 0
         self.by_digest: dict[bytes, Chunk] = {}
         self.chunks: list[Chunk] = []
         self.c_off = 0
         self.u_off = 0
+        self.packer = BatchPacker(opts.batch_size, opts.compressor) if opts.batch_size else None
 
-    def _work(self, datas: list[bytes | bytearray]) -> list[_Result]:
+    def _work(self, datas: list[bytes | bytearray], raws: list[bool]) -> list[_Result]:
         digester, compressor = self.opts.digester, self.opts.compressor
         out = []
-        for data in datas:
-            stored, compressed = compress(compressor, data)
+        for data, raw in zip(datas, raws, strict=True):
+            # A chunk bound for a batch is compressed with its batch, not alone.
+            stored, compressed = (data, False) if raw else compress(compressor, data)
             out.append((digest_of(digester, data), stored, compressed, len(data)))
         return out
+
+    def _batched(self, node: Node, size: int) -> bool:
+        return self.packer is not None and self.packer.takes(len(node.chunks), size)
 
     def submit(self, node: Node, index: int, data: bytes | bytearray, offset: int) -> None:
         self.batch.append((node, index))
         self.batch_data.append(data)
+        self.batch_raw.append(self._batched(node, len(data)))
         self.batch_bytes += len(data)
         if self.batch_bytes >= _BATCH_BYTES or len(self.batch) >= _BATCH_COUNT:
             self._send()
@@ -177,8 +188,8 @@ class _Chunker:
             return
         while len(self.pending) >= self.limit:
             self._commit(*self.pending.popleft())
-        self.pending.append((self.batch, self.pool.submit(self._work, self.batch_data)))
-        self.batch, self.batch_data, self.batch_bytes = [], [], 0
+        self.pending.append((self.batch, self.pool.submit(self._work, self.batch_data, self.batch_raw)))
+        self.batch, self.batch_data, self.batch_raw, self.batch_bytes = [], [], [], 0
 
     def _commit(self, targets: list[tuple[Node, int]], fut: Future[list[_Result]]) -> None:
         for (node, index), (digest, stored, compressed, size) in zip(targets, fut.result(), strict=True):
@@ -188,18 +199,24 @@ class _Chunker:
             if chunk is None:
                 if len(self.chunks) >= c.MAX_CHUNK_COUNT:
                     raise FormatError("too many chunks in one layer")
+                batched = self._batched(node, size)
+                if not batched or (self.packer is not None and self.packer.full_for(size)):
+                    self._close_unit()
                 chunk = Chunk(
                     digest=digest,
                     blob_index=0,
                     ci_index=len(self.chunks),
-                    compressed_offset=self.c_off,
-                    compressed_size=len(stored),
+                    compressed_offset=0 if batched else self.c_off,
+                    compressed_size=0 if batched else len(stored),
                     uncompressed_offset=self.u_off,
                     uncompressed_size=size,
-                    compressed=compressed,
+                    compressed=compressed and not batched,
                 )
-                self.out.write(stored)
-                self.c_off += len(stored)
+                if self.packer is not None and batched:
+                    self.packer.add(chunk.ci_index, self.c_off, chunk, stored)
+                else:
+                    self.out.write(stored)
+                    self.c_off += len(stored)
                 self.u_off += -(-size // c.BLOCK_SIZE) * c.BLOCK_SIZE if self.opts.aligned else size
                 self.chunks.append(chunk)
                 self.by_digest[digest] = chunk
@@ -216,10 +233,17 @@ class _Chunker:
         self.dict_bytes += size
         return chunk
 
+    def _close_unit(self) -> None:
+        unit = self.packer.close_unit() if self.packer is not None else None
+        if unit is not None:
+            self.out.write(unit)
+            self.c_off += len(unit)
+
     def flush(self) -> None:
         self._send()
         while self.pending:
             self._commit(*self.pending.popleft())
+        self._close_unit()
 
     def close(self) -> None:
         for _, fut in self.pending:
@@ -462,13 +486,19 @@ def _finish(
             | c.BF_HAS_TOC
             | c.BF_CAP_TAR_TOC
         )
-        ci_raw = b"".join(
-            CiV1(
-                ch.uncompressed_offset, ch.uncompressed_size, ch.compressed_offset, ch.compressed_size
-            ).encode()
-            for ch in chunks
-        )
-        meta = write_blob_meta(out, ci_raw, opts.compressor, features, len(chunks))
+        zran = (0, 0, 0)
+        if chunker.packer is None:
+            ci_raw = b"".join(
+                CiV1(
+                    ch.uncompressed_offset, ch.uncompressed_size, ch.compressed_offset, ch.compressed_size
+                ).encode()
+                for ch in chunks
+            )
+        else:
+            features |= BATCH_FEATURES
+            ci_raw, table_offset = chunker.packer.blob_meta(chunks)
+            zran = (table_offset, len(ci_raw) - table_offset, len(chunker.packer.contexts))
+        meta = write_blob_meta(out, ci_raw, opts.compressor, features, len(chunks), zran=zran)
         toc.extend(meta.toc)
         toc.append(write_digests(out, chunks))
         entry = meta.blob_entry(

@@ -7,9 +7,12 @@ import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
+from accel.formats.nydus.batch import BF_BATCH, is_batched, slice_chunk, unit_bytes
+from accel.formats.nydus.blob import BlobMeta, read_blob_meta
 from accel.formats.nydus.chunkcodec import decompress, digest_of
 from accel.formats.nydus.ondisk import (
     BlobEntry,
@@ -389,10 +392,18 @@ def chunk_ranges(bs: Bootstrap, rec: InodeRecord) -> Iterator[tuple[int, int, in
         remaining -= n
 
 
-def read_file(bs: Bootstrap, path: str, read_range: Callable[[int, int, int], bytes]) -> bytes:
+def read_file(
+    bs: Bootstrap,
+    path: str,
+    read_range: Callable[[int, int, int], bytes],
+    metas: dict[int, BlobMeta] | None = None,
+) -> bytes:
     """A regular file's content through the bootstrap: each chunk is fetched from its blob with
     ``read_range(blob_index, offset, length)`` (what nydusd asks of a registry), decompressed and checked
-    against the chunk table's digest."""
+    against the chunk table's digest.
+
+    A blob with batch chunks has its blob meta fetched first, as nydusd does, since only that locates a
+    batched chunk; ``metas`` (blob index -> meta) keeps them across calls."""
     wanted = "/" + path.strip("/")
     try:
         rec = bs.inode_at(wanted.encode("utf-8", "surrogateescape"))
@@ -408,16 +419,37 @@ def read_file(bs: Bootstrap, path: str, read_range: Callable[[int, int, int], by
         ch = by_start.get((blob_index, offset))
         if ch is None:
             raise FormatError(f"no chunk of blob {blob_index} starts at {offset}", entry=path)
-        raw = read_range(blob_index, ch.compressed_offset, ch.compressed_size)
-        data = (
-            decompress(compressors[blob_index], raw, ch.uncompressed_size)
-            if ch.flags & c.CHUNK_COMPRESSED
-            else raw
-        )
+        meta = _batch_meta(bs, blob_index, read_range, metas if metas is not None else {})
+        ci = meta.chunks[ch.index] if meta is not None and ch.index < len(meta.chunks) else None
+        if meta is not None and ci is not None and is_batched(ci):
+            unit = unit_bytes(ci, meta.batches, compressors[blob_index], partial(read_range, blob_index))
+            data = slice_chunk(ci, unit)
+        else:
+            raw = read_range(blob_index, ch.compressed_offset, ch.compressed_size)
+            data = (
+                decompress(compressors[blob_index], raw, ch.uncompressed_size)
+                if ch.flags & c.CHUNK_COMPRESSED
+                else raw
+            )
         if digest_of(digesters[blob_index], data) != ch.digest:
             raise FormatError(f"chunk at {offset} of blob {blob_index} does not match its digest", entry=path)
         parts.append(data[:length])
     return b"".join(parts)
+
+
+def _batch_meta(
+    bs: Bootstrap, blob_index: int, read_range: Callable[[int, int, int], bytes], metas: dict[int, BlobMeta]
+) -> BlobMeta | None:
+    entry = bs.blobs[blob_index]
+    if not entry.features & BF_BATCH:
+        return None
+    meta = metas.get(blob_index)
+    if meta is None:
+        meta = read_blob_meta(read_range(blob_index, entry.ci_offset, entry.ci_compressed_size + 4096))
+        if meta.header.ci_entries != entry.chunk_count or meta.header.ci_offset != entry.ci_offset:
+            raise FormatError("blob meta does not match the blob table", entry=entry.blob_id)
+        metas[blob_index] = meta
+    return meta
 
 
 def to_tree(bs: Bootstrap) -> Node:

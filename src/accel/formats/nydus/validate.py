@@ -1,6 +1,6 @@
 """Cross-checks between a bootstrap and its blobs: every chunk lies inside its blob; each blob's ``blob.meta``
 header agrees with its blob-table entry; every chunk-table entry names a chunk of that blob with the same
-offsets, sizes, compression flag and digest."""
+offsets, sizes, compression flag and digest (a batched chunk: the same uncompressed range and digest)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
+from accel.formats.nydus.batch import is_batched
 from accel.formats.nydus.blob import BlobFile, read_blob, verify_chunk_digests
 from accel.formats.nydus.reader import Bootstrap, read_bootstrap
 
@@ -59,11 +60,19 @@ def validate(bootstrap: bytes | Bootstrap, blobs: Mapping[str, bytes | BlobFile]
             same = (
                 ci.uncompressed_offset == ch.uncompressed_offset
                 and ci.uncompressed_size == ch.uncompressed_size
-                and ci.compressed_offset == ch.compressed_offset
-                and ci.compressed_size == ch.compressed_size
                 and digests[ch.index] == ch.digest
-                and ci.compressed == bool(ch.flags & c.CHUNK_COMPRESSED)
             )
+            if is_batched(ci):
+                # nydus leaves a batched chunk's compressed fields in the chunk table unset.
+                same = same and ch.compressed_offset == ch.compressed_size == 0
+                same = same and not ch.flags & c.CHUNK_COMPRESSED
+            else:
+                same = (
+                    same
+                    and ci.compressed_offset == ch.compressed_offset
+                    and ci.compressed_size == ch.compressed_size
+                    and ci.compressed == bool(ch.flags & c.CHUNK_COMPRESSED)
+                )
             if not same:
                 raise FormatError(f"chunk table entry for ci {ch.index} disagrees with the blob", entry=what)
     return bs
