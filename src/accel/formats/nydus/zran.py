@@ -19,13 +19,11 @@ nydusd's decoder cannot stop at), and its compressed range at the first block bo
 from __future__ import annotations
 
 import hashlib
+import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
@@ -51,7 +49,11 @@ META_COMPRESSOR = "zstd"
 # nydusd refuses a context whose output exceeds its largest chunk (RAFS_MAX_CHUNK_SIZE).
 MAX_CONTEXT_OUTPUT = c.MAX_CHUNK_SIZE
 _MAX_RECENT = 4096
-_T = TypeVar("_T")
+# How far a context may reach, in chunks of output (half as much compressed input) before a chunk starts a
+# new one. Upstream's generator uses 1; every context costs a 32 KiB dictionary in the blob meta, which
+# nydusd loads before the first read, so we take 2: half the metadata, at most twice the inflating per
+# cold read (see the README's Nydus section for the measurement).
+CONTEXT_SPAN = 2
 FEATURES = (
     c.BF_ALIGNED
     | c.BF_INLINED_FS_META
@@ -75,50 +77,30 @@ class _Boundary:
     window: bytes
 
 
-class _Hasher:
-    """sha256 work on one worker thread, run in submission order: hashlib releases the GIL on big buffers,
-    so the chunk and layer digests overlap inflating on the other core. A bounded queue keeps memory at a
-    few chunks."""
-
-    _LIMIT = 32
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zran-sha256")
-        self._queue: deque[Future[Any]] = deque()
-
-    def submit(self, fn: Callable[[bytes | bytearray], _T], data: bytes | bytearray) -> Future[_T]:
-        while len(self._queue) >= self._LIMIT:
-            self._queue.popleft().result()
-        fut = self._pool.submit(fn, data)
-        self._queue.append(fut)
-        return fut
-
-    def finish(self) -> None:
-        """Wait for every digest submitted so far."""
-        self._pool.shutdown(wait=True)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _sha256(data: bytes | bytearray) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
 class _Source:
-    """The gzip layer as read, hashed on the way (on the hasher's thread): its sha256 is the blob id."""
+    """The gzip layer as read: its sha256 is the blob id. The inflating thread only queues what it read;
+    the reader's thread, which waits on the inflater most of the time, hashes it (:meth:`hash_pending`)."""
 
-    def __init__(self, src: ByteSource, hasher: _Hasher) -> None:
+    def __init__(self, src: ByteSource) -> None:
         self._src = src
-        self._hasher = hasher
-        self.hash = hashlib.sha256()
+        self._pending: deque[bytes] = deque()
+        self._hash = hashlib.sha256()
         self.size = 0
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._src.read(n)
-        self._hasher.submit(self.hash.update, data)
+        self._pending.append(data)
         self.size += len(data)
         return data
+
+    def hash_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            self._hash.update(pending.popleft())
+
+    def hexdigest(self) -> str:
+        self.hash_pending()
+        return self._hash.hexdigest()
 
 
 class _Inflater(BlockInflater):
@@ -126,11 +108,12 @@ class _Inflater(BlockInflater):
     windows (for new contexts)."""
 
     def __init__(self, source: ByteSource) -> None:
-        super().__init__(source)
+        super().__init__(source, background=True)
         self.bounds_in = array("Q")
         self.bounds_out = array("Q")
         self.member_starts = array("Q", [0])
         self.recent: deque[_Boundary] = deque()
+        self._recent_lock = threading.Lock()  # appended on the inflating thread, trimmed by the reader
 
     def at_boundary(self, bits: int) -> None:
         out = self.uncompressed_size
@@ -142,18 +125,21 @@ class _Inflater(BlockInflater):
         have = min(WINDOW_SIZE, out - self.member_start)
         window = self.window()[WINDOW_SIZE - have :] if have else b""
         byte = self.previous_byte() if bits else 0
-        self.recent.append(_Boundary(self.compressed_size, out, bits, byte, self.members, window))
-        # The chunker drops what it no longer needs at each chunk; this bounds a long run without file data
-        # (the tar reader lags the inflater by about one chunk, a few dozen blocks at most).
-        if len(self.recent) > _MAX_RECENT:
-            self.recent.popleft()
+        boundary = _Boundary(self.compressed_size, out, bits, byte, self.members, window)
+        with self._recent_lock:
+            self.recent.append(boundary)
+            # The chunker drops what it no longer needs at each chunk; this bounds a long run without file
+            # data (the tar reader lags the inflater by a few queued batches: some dozens of blocks).
+            if len(self.recent) > _MAX_RECENT:
+                self.recent.popleft()
 
     def boundary_before(self, offset: int) -> _Boundary | None:
         """The last boundary at or before uncompressed ``offset`` (asked for in increasing order)."""
-        recent = self.recent
-        while len(recent) > 1 and recent[1].out_offset <= offset:
-            recent.popleft()
-        return recent[0] if recent and recent[0].out_offset <= offset else None
+        with self._recent_lock:
+            recent = self.recent
+            while len(recent) > 1 and recent[1].out_offset <= offset:
+                recent.popleft()
+            return recent[0] if recent and recent[0].out_offset <= offset else None
 
 
 @dataclass
@@ -169,58 +155,42 @@ class _ZranChunk:
     start: int  # uncompressed offset in the tar stream
 
 
-@dataclass
-class _Pending:
-    node: Node
-    index: int
-    context: int
-    start: int
-    size: int
-    digest: Future[bytes]
-
-
 class _ZranChunker:
     """Records each chunk's place in the gzip stream instead of writing it."""
 
-    def __init__(self, inflater: _Inflater, hasher: _Hasher, opts: Options) -> None:
+    def __init__(self, inflater: _Inflater, source: _Source, opts: Options) -> None:
         self.inflater = inflater
-        self.hasher = hasher
+        self.source = source
         self.chunk_size = opts.chunk_size
         self.contexts: list[_Context] = []
-        self.pending: list[_Pending] = []
         self.chunks: list[_ZranChunk] = []
+        self.by_digest: dict[bytes, Chunk] = {}
         self.u_off = 0
 
     def submit(self, node: Node, index: int, data: bytes | bytearray, offset: int) -> None:
         size = len(data)
-        ctx = self._context_for(offset, size)
-        digest = self.hasher.submit(_sha256, data)
-        self.pending.append(_Pending(node, index, len(self.contexts) - 1, offset, size, digest))
+        self.source.hash_pending()
+        ctx = self._context_for(offset, size)  # also lets the inflater forget older boundaries
+        digest = hashlib.sha256(data).digest()
+        # Upstream deduplicates zran chunks too: a repeat refers to the first copy's context.
+        known = self.by_digest.get(digest)
+        if known is not None and known.uncompressed_size == size:
+            node.chunks[index] = known
+            return
+        if len(self.chunks) >= c.MAX_CHUNK_COUNT:
+            raise FormatError("too many chunks in one layer")
+        chunk = Chunk(digest, 0, len(self.chunks), 0, 0, self.u_off, size, True)
+        self.u_off += -(-size // c.BLOCK_SIZE) * c.BLOCK_SIZE
+        self.chunks.append(_ZranChunk(chunk, len(self.contexts) - 1, offset))
+        self.by_digest[digest] = chunk
         ctx.end_out = max(ctx.end_out, offset + size)
+        node.chunks[index] = chunk
 
-    def resolve(self) -> None:
-        """Digests in; repeats deduplicated (upstream deduplicates zran chunks too: a repeat refers to the
-        first copy); contexts left without a chunk dropped, the others ending with their last chunk."""
-        first: dict[tuple[bytes, int], Chunk] = {}
-        ends: dict[int, int] = {}
-        for p in self.pending:
-            digest = p.digest.result()
-            known = first.get((digest, p.size))
-            if known is not None:
-                p.node.chunks[p.index] = known
-                continue
-            if len(self.chunks) >= c.MAX_CHUNK_COUNT:
-                raise FormatError("too many chunks in one layer")
-            chunk = Chunk(digest, 0, len(self.chunks), 0, 0, self.u_off, p.size, True)
-            self.u_off += -(-p.size // c.BLOCK_SIZE) * c.BLOCK_SIZE
-            first[(digest, p.size)] = chunk
-            p.node.chunks[p.index] = chunk
-            self.chunks.append(_ZranChunk(chunk, p.context, p.start))
-            ends[p.context] = max(ends.get(p.context, 0), p.start + p.size)
-        self.pending = []
-        kept = sorted(ends)
-        renumber = {old: new for new, old in enumerate(kept)}
-        self.contexts = [_Context(self.contexts[old].start, ends[old]) for old in kept]
+    def finish(self) -> None:
+        """Drop the contexts no chunk ended up in (opened for a repeat), renumbering the rest."""
+        used = sorted({zc.context for zc in self.chunks})
+        renumber = {old: new for new, old in enumerate(used)}
+        self.contexts = [self.contexts[old] for old in used]
         for zc in self.chunks:
             zc.context = renumber[zc.context]
 
@@ -235,8 +205,8 @@ class _ZranChunker:
             spanned_in = newest.in_offset - cur.start.in_offset
             spanned_out = offset - cur.start.out_offset
             if (
-                spanned_in >= self.chunk_size // 2
-                or spanned_out >= self.chunk_size
+                spanned_in >= self.chunk_size * CONTEXT_SPAN // 2
+                or spanned_out >= self.chunk_size * CONTEXT_SPAN
                 or offset - cur.end_out > self.chunk_size
             ):
                 return self._open(newest, offset)
@@ -263,22 +233,19 @@ def build_ref_layer(src: ByteSource, dst: ByteSink, options: Options | None = No
     """
     opts = options or Options()
     opts.check()
-    hasher = _Hasher()
+    source = _Source(src)
+    head = source.read(3)
+    if head[:2] != b"\x1f\x8b":
+        raise FormatError("an OCI-ref (zran) layer must be gzip-compressed")
+    inflater = _Inflater(_Prefixed(head, source))
     try:
-        source = _Source(src, hasher)
-        head = source.read(3)
-        if head[:2] != b"\x1f\x8b":
-            raise FormatError("an OCI-ref (zran) layer must be gzip-compressed")
-        inflater = _Inflater(_Prefixed(head, source))
-        chunker = _ZranChunker(inflater, hasher, opts)
+        chunker = _ZranChunker(inflater, source, opts)
         root, files = read_tar(inflater, chunker, opts)
         inflater.drain()
-        hasher.finish()
-        chunker.resolve()
-        table = _context_table(chunker, inflater)
-        return _write(dst, root, files, chunker, table, source, opts)
     finally:
-        hasher.close()
+        inflater.close()
+    chunker.finish()
+    return _write(dst, root, files, chunker, _context_table(chunker, inflater), source, opts)
 
 
 class _Prefixed:
@@ -372,7 +339,7 @@ def _write(
     opts: Options,
 ) -> LayerBuild:
     out = Out(dst)
-    blob_id = source.hash.hexdigest()
+    blob_id = source.hexdigest()
     chunks = [zc.chunk for zc in chunker.chunks]
     toc: list[TocEntry] = []
     blobs: list[BlobEntry] = []

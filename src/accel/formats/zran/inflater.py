@@ -11,6 +11,8 @@ members, so a window is "the 32 KiB of output before the boundary" whichever mem
 from __future__ import annotations
 
 import ctypes
+import queue
+import threading
 
 from accel.errors import FormatError
 from accel.formats.streams import ByteSource
@@ -22,16 +24,25 @@ WINDOW_SIZE = 1 << 15
 # any ring of at least 32 KiB, so both are chosen for few calls from Python.
 _IN_CHUNK = 1 << 16
 _RING = 1 << 18
+# Inflating ahead hands output over in batches of about this much, at most this many batches queued.
+_BATCH = 1 << 20
+_QUEUE_BATCHES = 8
 
 
 class BlockInflater:
     """Inflates a gzip stream (one or more members) on demand, calling :meth:`at_boundary` at every deflate
-    block boundary that is not the end of a member."""
+    block boundary that is not the end of a member.
+
+    With ``background``, a thread inflates ahead (zlib runs without the GIL) while the caller parses what
+    it reads: two cores for one stream. The hooks then run on that thread, before the output that follows
+    the boundary is handed over, so a reader that has data beyond an offset sees every boundary before it.
+    Call :meth:`close` when done (it stops the thread if the reader gave up early).
+    """
 
     # Subclasses that need every consumed compressed byte (span digests) set this and override consumed().
     observes_input = False
 
-    def __init__(self, source: ByteSource) -> None:
+    def __init__(self, source: ByteSource, *, background: bool = False) -> None:
         self._src = source
         self._z = native.Inflater(native.WINDOW_BITS_AUTO)
         self._strm = self._z.strm
@@ -51,7 +62,14 @@ class BlockInflater:
         self._out_len = 0
         self.member_start = 0  # uncompressed offset where the current gzip member began
         self.members = 1
-        self.done = False
+        self.done = False  # the stream has ended (set by the inflating thread)
+        self._background = background
+        self._queue: queue.Queue[list[bytes] | BaseException | None] = queue.Queue(maxsize=_QUEUE_BATCHES)
+        self._batch: list[bytes] = []
+        self._batch_len = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._eof = False  # the reader has taken the last batch
 
     # -- what a subclass sees at a boundary ------------------------------------------------------------
 
@@ -127,8 +145,13 @@ class BlockInflater:
                 start += drop
                 made -= drop
             if made:
-                self._out.append(ctypes.string_at(self._win_addr + start, made))
-                self._out_len += made
+                piece = ctypes.string_at(self._win_addr + start, made)
+                if self._background:
+                    self._batch.append(piece)
+                    self._batch_len += made
+                else:
+                    self._out.append(piece)
+                    self._out_len += made
             made = avail_out - strm.avail_out
         if used and self.observes_input:
             start = self._totin - self._chunk_base
@@ -154,6 +177,61 @@ class BlockInflater:
         if dt & 128 and not dt & 64:
             self.at_boundary(dt & 7)
 
+    # -- inflating ahead on a thread ------------------------------------------------------------------
+
+    def _produce(self) -> None:
+        try:
+            while not self.done and not self._stop.is_set():
+                self._step()
+                if self._batch_len >= _BATCH or self.done:
+                    self._hand_over(self._batch)
+                    self._batch, self._batch_len = [], 0
+            self._hand_over(None)
+        except BaseException as exc:
+            self._hand_over(exc)
+
+    def _hand_over(self, item: list[bytes] | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _more(self) -> bool:
+        """More output into ``_out``; False at the end of the stream."""
+        if not self._background:
+            if self.done:
+                return False
+            self._step()
+            return True
+        if self._eof:
+            return False
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._produce, name="zran-inflate", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if item is None:
+            self._eof = True
+            return False
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        self._out.extend(item)
+        self._out_len += sum(len(piece) for piece in item)
+        return True
+
+    def close(self) -> None:
+        """Stop inflating ahead (a no-op without ``background``)."""
+        self._stop.set()
+        if self._thread is not None:
+            while self._thread.is_alive():
+                try:
+                    self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            self._thread.join()
+
     # -- the uncompressed stream -----------------------------------------------------------------------
 
     def readable(self) -> bool:
@@ -164,11 +242,11 @@ class BlockInflater:
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
-            while not self.done:
-                self._step()
+            while self._more():
+                pass
             n = self._out_len
-        while self._out_len < n and not self.done:
-            self._step()
+        while self._out_len < n and self._more():
+            pass
         out = self._out
         if not out:
             return b""
@@ -199,8 +277,8 @@ class BlockInflater:
     def readinto(self, buf: memoryview | bytearray) -> int:
         view = memoryview(buf).cast("B")
         want = len(view)
-        while self._out_len < want and not self.done:
-            self._step()
+        while self._out_len < want and self._more():
+            pass
         out = self._out
         got = 0
         while out and got < want:
@@ -216,7 +294,21 @@ class BlockInflater:
         return got
 
     def skip(self, n: int) -> int:
-        """Discard ``n`` bytes of output without copying them out of zlib's buffer; returns the count."""
+        """Discard ``n`` bytes of output (without copying them out of zlib's buffer, unless inflating
+        ahead); returns the count."""
+        skipped = self._drop(n)
+        if self._background:
+            while skipped < n and self._more():
+                skipped += self._drop(n - skipped)
+            return skipped
+        self._discard = n - skipped
+        while self._discard and not self.done:
+            self._step()
+        skipped = n - self._discard
+        self._discard = 0
+        return skipped
+
+    def _drop(self, n: int) -> int:
         skipped = 0
         out = self._out
         while out and skipped < n:
@@ -228,17 +320,16 @@ class BlockInflater:
                 del out[0]
             skipped += take
         self._out_len -= skipped
-        self._discard = n - skipped
-        while self._discard and not self.done:
-            self._step()
-        skipped = n - self._discard
-        self._discard = 0
         return skipped
 
     def drain(self) -> None:
         """Inflate the rest of the stream (past the tar end), discarding the output."""
         self._out = []
         self._out_len = 0
+        if self._background:
+            while self._more():
+                self._out, self._out_len = [], 0
+            return
         while not self.done:
             self._discard = 1 << 62
             self._step()
