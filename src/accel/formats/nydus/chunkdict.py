@@ -71,18 +71,7 @@ def read_chunk_dict(bootstrap: bytes) -> ChunkDict:
             raise FormatError(f"chunk dictionary: chunk {info.index} names blob {info.blob_index}")
         chunks.setdefault(
             info.digest,
-            Chunk(
-                digest=info.digest,
-                blob_index=info.blob_index,
-                ci_index=info.index,
-                compressed_offset=info.compressed_offset,
-                compressed_size=info.compressed_size,
-                uncompressed_offset=info.uncompressed_offset,
-                uncompressed_size=info.uncompressed_size,
-                compressed=bool(info.flags & c.CHUNK_COMPRESSED),
-                crc32=info.crc32,
-                has_crc32=bool(info.flags & c.CHUNK_HAS_CRC32),
-            ),
+            info.as_chunk(),
         )
     return ChunkDict(tuple(blobs), chunks, bs.digester, bs.chunk_size)
 

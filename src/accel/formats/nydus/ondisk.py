@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
+from accel.formats.nydus.tree import Chunk
 
 
 def _need(data: bytes, size: int, what: str) -> None:
@@ -233,6 +234,21 @@ class ChunkInfo:
     def decode(cls, data: bytes) -> ChunkInfo:
         _need(data, cls.SIZE, "chunk info")
         return cls(*struct.unpack(cls.FMT, data[: cls.SIZE]))
+
+    def as_chunk(self) -> Chunk:
+        """The chunk this table entry describes, for the in-memory tree."""
+        return Chunk(
+            digest=self.digest,
+            blob_index=self.blob_index,
+            ci_index=self.index,
+            compressed_offset=self.compressed_offset,
+            compressed_size=self.compressed_size,
+            uncompressed_offset=self.uncompressed_offset,
+            uncompressed_size=self.uncompressed_size,
+            compressed=bool(self.flags & c.CHUNK_COMPRESSED),
+            crc32=self.crc32,
+            has_crc32=bool(self.flags & c.CHUNK_HAS_CRC32),
+        )
 
     def encode(self) -> bytes:
         return struct.pack(

@@ -27,7 +27,7 @@ from accel.formats.nydus.ondisk import (
     decode_xattrs,
     xattr_area_size,
 )
-from accel.formats.nydus.tree import Chunk, Node
+from accel.formats.nydus.tree import Node
 
 _MAX_DEPTH = 4096
 
@@ -487,20 +487,7 @@ def to_tree(bs: Bootstrap) -> Node:
                 raise FormatError(
                     f"chunk {i} disagrees with the chunk table", entry=path.decode("utf-8", "replace")
                 )
-            node.chunks.append(
-                Chunk(
-                    digest=info.digest,
-                    blob_index=info.blob_index,
-                    ci_index=info.index,
-                    compressed_offset=info.compressed_offset,
-                    compressed_size=info.compressed_size,
-                    uncompressed_offset=info.uncompressed_offset,
-                    uncompressed_size=info.uncompressed_size,
-                    compressed=bool(info.flags & c.CHUNK_COMPRESSED),
-                    crc32=info.crc32,
-                    has_crc32=bool(info.flags & c.CHUNK_HAS_CRC32),
-                )
-            )
+            node.chunks.append(info.as_chunk())
         nodes[nid] = node
         for d in rec.dirents:
             if d.name in (b".", b".."):

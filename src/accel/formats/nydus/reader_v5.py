@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
 from accel.formats.nydus.ondisk import BlobEntry, ChunkInfo
-from accel.formats.nydus.tree import Chunk, Node
+from accel.formats.nydus.tree import Node
 
 V5_MAGIC = 0x52414653
 V5_VERSION = 0x500
@@ -228,21 +228,7 @@ def to_tree_v5(bs: V5Bootstrap) -> Node:
             rdev=rec.rdev,
             symlink=rec.symlink,
             xattrs=list(rec.xattrs.items()),
-            chunks=[
-                Chunk(
-                    digest=ch.digest,
-                    blob_index=ch.blob_index,
-                    ci_index=ch.index,
-                    compressed_offset=ch.compressed_offset,
-                    compressed_size=ch.compressed_size,
-                    uncompressed_offset=ch.uncompressed_offset,
-                    uncompressed_size=ch.uncompressed_size,
-                    compressed=bool(ch.flags & c.CHUNK_COMPRESSED),
-                    crc32=ch.crc32,
-                    has_crc32=bool(ch.flags & c.CHUNK_HAS_CRC32),
-                )
-                for ch in rec.chunks
-            ],
+            chunks=[ch.as_chunk() for ch in rec.chunks],
         )
         if stat.S_ISREG(rec.mode):
             files[rec.ino] = node
