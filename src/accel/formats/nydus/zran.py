@@ -19,7 +19,6 @@ nydusd's decoder cannot stop at), and its compressed range at the first block bo
 from __future__ import annotations
 
 import hashlib
-import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -48,7 +47,9 @@ DIGESTER = "sha256"
 META_COMPRESSOR = "zstd"
 # nydusd refuses a context whose output exceeds its largest chunk (RAFS_MAX_CHUNK_SIZE).
 MAX_CONTEXT_OUTPUT = c.MAX_CHUNK_SIZE
-_MAX_RECENT = 4096
+# The inflating thread runs at most a few queued batches (about 12 MiB) ahead of the tar walk, so windows
+# of the boundaries the walk asks about are still in a ring this big.
+_RING = 32 << 20
 # How far a context may reach, in chunks of output (half as much compressed input) before a chunk starts a
 # new one. Upstream's generator uses 1; every context costs a 32 KiB dictionary in the blob meta, which
 # nydusd loads before the first read, so we take 2: half the metadata, at most twice the inflating per
@@ -69,6 +70,7 @@ FEATURES = (
 
 @dataclass(frozen=True)
 class _Boundary:
+    index: int
     in_offset: int
     out_offset: int
     bits: int
@@ -104,42 +106,45 @@ class _Source:
 
 
 class _Inflater(BlockInflater):
-    """Keeps every block boundary's offsets (for the chunks' compressed ranges) and the recent ones'
-    windows (for new contexts)."""
+    """Keeps every block boundary (for contexts and the chunks' compressed ranges) as a few numbers; a
+    context's window is copied out of the ring only when a chunk opens one there."""
 
     def __init__(self, source: ByteSource) -> None:
-        super().__init__(source, background=True)
+        super().__init__(source, background=True, ring_size=_RING)
         self.bounds_in = array("Q")
         self.bounds_out = array("Q")
+        self._bits = array("B")
+        self._bytes = array("B")
+        self._members = array("I")
         self.member_starts = array("Q", [0])
-        self.recent: deque[_Boundary] = deque()
-        self._recent_lock = threading.Lock()  # appended on the inflating thread, trimmed by the reader
 
     def at_boundary(self, bits: int) -> None:
         out = self.uncompressed_size
-        self.bounds_in.append(self.compressed_size)
-        self.bounds_out.append(out)
         if out == self.member_start and self.members > len(self.member_starts):
             self.member_starts.append(out)
-        # The dictionary is the member's own output only: what inflateGetDictionary gives upstream.
-        have = min(WINDOW_SIZE, out - self.member_start)
-        window = self.window()[WINDOW_SIZE - have :] if have else b""
-        byte = self.previous_byte() if bits else 0
-        boundary = _Boundary(self.compressed_size, out, bits, byte, self.members, window)
-        with self._recent_lock:
-            self.recent.append(boundary)
-            # The chunker drops what it no longer needs at each chunk; this bounds a long run without file
-            # data (the tar reader lags the inflater by a few queued batches: some dozens of blocks).
-            if len(self.recent) > _MAX_RECENT:
-                self.recent.popleft()
+        self._bits.append(bits)
+        self._bytes.append(self.previous_byte() if bits else 0)
+        self._members.append(self.members)
+        self.bounds_in.append(self.compressed_size)
+        self.bounds_out.append(out)  # last: a reader that sees this boundary sees all of it
 
-    def boundary_before(self, offset: int) -> _Boundary | None:
-        """The last boundary at or before uncompressed ``offset`` (asked for in increasing order)."""
-        with self._recent_lock:
-            recent = self.recent
-            while len(recent) > 1 and recent[1].out_offset <= offset:
-                recent.popleft()
-            return recent[0] if recent and recent[0].out_offset <= offset else None
+    def boundary_before(self, offset: int) -> int:
+        """The index of the last boundary at or before uncompressed ``offset`` (-1 if none): one the reader
+        has read past, so the inflating thread has recorded it, and its window is still in the ring."""
+        return bisect_right(self.bounds_out, offset) - 1
+
+    def member_of(self, index: int) -> int:
+        return self._members[index]
+
+    def boundary(self, index: int) -> _Boundary:
+        """Boundary ``index`` with its window (copied now, while the ring still holds it)."""
+        out, member = self.bounds_out[index], self._members[index]
+        # The dictionary is the member's own output only: what inflateGetDictionary gives upstream.
+        have = min(WINDOW_SIZE, out - self.member_starts[member - 1])
+        window = self.output_before(out, have) if have else b""
+        return _Boundary(
+            index, self.bounds_in[index], out, self._bits[index], self._bytes[index], member, window
+        )
 
 
 @dataclass
@@ -195,14 +200,15 @@ class _ZranChunker:
             zc.context = renumber[zc.context]
 
     def _context_for(self, offset: int, size: int) -> _Context:
-        newest = self.inflater.boundary_before(offset)
-        if newest is None:
+        z = self.inflater
+        newest = z.boundary_before(offset)
+        if newest < 0:
             raise FormatError(f"no deflate block boundary before file data at offset {offset}")
         cur = self.contexts[-1] if self.contexts else None
-        if cur is None or newest.member != cur.start.member:
+        if cur is None or z.member_of(newest) != cur.start.member:
             return self._open(newest, offset)
-        if newest is not cur.start:
-            spanned_in = newest.in_offset - cur.start.in_offset
+        if newest != cur.start.index:
+            spanned_in = z.bounds_in[newest] - cur.start.in_offset
             spanned_out = offset - cur.start.out_offset
             if (
                 spanned_in >= self.chunk_size * CONTEXT_SPAN // 2
@@ -211,7 +217,7 @@ class _ZranChunker:
             ):
                 return self._open(newest, offset)
         if offset + size - cur.start.out_offset > MAX_CONTEXT_OUTPUT:
-            if newest is cur.start:
+            if newest == cur.start.index:
                 raise FormatError(
                     f"the gzip stream has no deflate block boundary in the {MAX_CONTEXT_OUTPUT >> 20} MiB "
                     f"before offset {offset + size}: it cannot be indexed for random access"
@@ -219,8 +225,8 @@ class _ZranChunker:
             return self._open(newest, offset)
         return cur
 
-    def _open(self, start: _Boundary, offset: int) -> _Context:
-        ctx = _Context(start, offset)
+    def _open(self, boundary: int, offset: int) -> _Context:
+        ctx = _Context(self.inflater.boundary(boundary), offset)
         self.contexts.append(ctx)
         return ctx
 

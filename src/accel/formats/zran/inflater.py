@@ -27,6 +27,9 @@ _RING = 1 << 18
 # Inflating ahead hands output over in batches of about this much, at most this many batches queued.
 _BATCH = 1 << 20
 _QUEUE_BATCHES = 8
+# How far the thread can be ahead: the batch being copied, the queued ones, one being put and one being
+# made, each under two batches' worth of steps.
+_AHEAD_RING = 2 * _BATCH * (_QUEUE_BATCHES + 3)
 
 
 class BlockInflater:
@@ -42,11 +45,16 @@ class BlockInflater:
     # Subclasses that need every consumed compressed byte (span digests) set this and override consumed().
     observes_input = False
 
-    def __init__(self, source: ByteSource, *, background: bool = False) -> None:
+    def __init__(self, source: ByteSource, *, background: bool = False, ring_size: int | None = None) -> None:
         self._src = source
         self._z = native.Inflater(native.WINDOW_BITS_AUTO)
         self._strm = self._z.strm
-        self._ring = _RING
+        self._ring = ring_size or (_AHEAD_RING if background else _RING)
+        # Inflating ahead, each step makes at most a batch, so the thread is never more than the queue's
+        # worth of batches ahead of its reader; the ring must hold that much (the reader copies from it).
+        self._step_out = _BATCH if background else self._ring
+        if background and self._ring < _AHEAD_RING:
+            raise ValueError(f"a ring of {self._ring} bytes is too small to inflate ahead")
         self._win = ctypes.create_string_buffer(self._ring)
         self._win_addr = ctypes.addressof(self._win)
         self._discard = 0
@@ -64,8 +72,10 @@ class BlockInflater:
         self.members = 1
         self.done = False  # the stream has ended (set by the inflating thread)
         self._background = background
-        self._queue: queue.Queue[list[bytes] | BaseException | None] = queue.Queue(maxsize=_QUEUE_BATCHES)
-        self._batch: list[bytes] = []
+        self._queue: queue.Queue[list[tuple[int, int]] | BaseException | None] = queue.Queue(
+            maxsize=_QUEUE_BATCHES
+        )
+        self._batch: list[tuple[int, int]] = []  # (uncompressed offset, size) of output in the ring
         self._batch_len = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -99,13 +109,31 @@ class BlockInflater:
 
     def window(self) -> bytes:
         """The 32 KiB of output before the current position (zeros before any output, as zran.c keeps it)."""
-        pos = self._ring - self._strm.avail_out
+        pos = (self._totout - 1) % self._ring + 1 if self._totout else 0
         if pos >= WINDOW_SIZE:
             return ctypes.string_at(self._win_addr + pos - WINDOW_SIZE, WINDOW_SIZE)
         # Wraps around; before the first wrap the end of the ring is still zeros.
         return ctypes.string_at(self._win_addr + self._ring - (WINDOW_SIZE - pos), WINDOW_SIZE - pos) + (
             ctypes.string_at(self._win_addr, pos)
         )
+
+    def output_before(self, offset: int, length: int) -> bytes:
+        """The ``length`` bytes of output before uncompressed ``offset``, while the ring still holds them
+        (from any thread: a big ring outlasts how far the inflating thread runs ahead of its reader)."""
+        start = offset - length
+        if start < 0 or offset > self._totout:
+            raise ValueError(f"output [{start}, {offset}) is not in the ring")
+        ring = self._ring
+        at = start % ring
+        if at + length <= ring:
+            data = ctypes.string_at(self._win_addr + at, length)
+        else:
+            data = ctypes.string_at(self._win_addr + at, ring - at) + ctypes.string_at(
+                self._win_addr, length - (ring - at)
+            )
+        if self._totout - start > ring:  # checked after copying: the inflater may have moved on meanwhile
+            raise RuntimeError(f"output [{start}, {offset}) was overwritten before it was read")
+        return data
 
     # -- inflating -------------------------------------------------------------------------------------
 
@@ -129,30 +157,29 @@ class BlockInflater:
             self._chunk_base = self._totin
             strm.next_in = native.address(chunk)
             strm.avail_in = len(chunk)
-        if strm.avail_out == 0:
-            strm.next_out = self._win_addr
-            strm.avail_out = self._ring
+        # Output goes round the ring, so the ring position of uncompressed offset p is p % ring.
+        start = self._totout % self._ring
+        strm.next_out = self._win_addr + start
+        strm.avail_out = avail_out = min(self._ring - start, self._step_out)
         avail_in = strm.avail_in
-        avail_out = strm.avail_out
         ret = self._z.inflate(native.Z_BLOCK)
         used = avail_in - strm.avail_in
         made = avail_out - strm.avail_out
         if made:
-            start = self._ring - avail_out
-            if self._discard:
-                drop = min(self._discard, made)
-                self._discard -= drop
-                start += drop
-                made -= drop
-            if made:
-                piece = ctypes.string_at(self._win_addr + start, made)
-                if self._background:
-                    self._batch.append(piece)
-                    self._batch_len += made
-                else:
-                    self._out.append(piece)
-                    self._out_len += made
-            made = avail_out - strm.avail_out
+            if self._background:
+                # The reader copies it out of the ring itself (see _more): less work on this thread.
+                self._batch.append((self._totout, made))
+                self._batch_len += made
+            else:
+                kept = made
+                if self._discard:
+                    drop = min(self._discard, made)
+                    self._discard -= drop
+                    start += drop
+                    kept -= drop
+                if kept:
+                    self._out.append(ctypes.string_at(self._win_addr + start, kept))
+                    self._out_len += kept
         if used and self.observes_input:
             start = self._totin - self._chunk_base
             self.consumed(memoryview(self._chunk)[start : start + used])
@@ -190,7 +217,7 @@ class BlockInflater:
         except BaseException as exc:
             self._hand_over(exc)
 
-    def _hand_over(self, item: list[bytes] | BaseException | None) -> None:
+    def _hand_over(self, item: list[tuple[int, int]] | BaseException | None) -> None:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -217,8 +244,12 @@ class BlockInflater:
         if isinstance(item, BaseException):
             self._eof = True
             raise item
-        self._out.extend(item)
-        self._out_len += sum(len(piece) for piece in item)
+        ring, addr = self._ring, self._win_addr
+        for offset, size in item:
+            self._out.append(ctypes.string_at(addr + offset % ring, size))
+            self._out_len += size
+        if self._totout - item[0][0] > ring:  # checked after copying: the inflater runs on meanwhile
+            raise RuntimeError("the inflating thread overwrote output its reader had not taken yet")
         return True
 
     def close(self) -> None:
