@@ -17,6 +17,7 @@ ORDER = [
     "bench_estargz.py",
     "bench_nydus.py",
     "bench_soci.py",
+    "bench_nydus_zran.py",
     "bench_cache.py",
     "bench_acceld.py",
     "bench_scale.py",
