@@ -100,6 +100,24 @@ def test_oci_ref_image_reads_back_from_the_original_gzip_layers(
     assert again.target_digest == first.target_digest, "same source and options, same digests"
 
 
+def test_oci_ref_image_in_another_repository_brings_its_original_layers(
+    registry_plain: RegistryServer, tmp_path: Path
+) -> None:
+    """nydusd fetches chunks from the original layers by digest in the image's repository: converted into
+    another one, the image needs them there too, though its manifest does not list them."""
+    image = build_rich_image(tmp_path / "src")
+    source = f"{registry_plain.host}/zran/origin:v1"
+    push_layout(image.layout, source, tls_verify=False)
+    target = f"{registry_plain.host}/zran/elsewhere:v1-nydus-oci-ref"
+    with Converter(_config(tmp_path, registry_plain)) as converter:  # type: ignore[arg-type]
+        converter.convert(source, target=target)
+        client = converter.client
+        for layer in image.images[0].layers:
+            assert client.blob_exists(registry_plain.host, "zran/elsewhere", layer.digest)
+        report = converter.check(target)
+    assert report.ok, [f for r in report.images for f in r.findings if not f.ok]
+
+
 def _bootstrap_layer(blob: bytes) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as tf:
         return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}  # type: ignore[union-attr]

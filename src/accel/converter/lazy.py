@@ -27,8 +27,10 @@ from accel.formats import estargz, nydus, soci, zstdchunked
 from accel.formats.chunked import BlobStream
 from accel.formats.filetree import FileRecord
 from accel.formats.layercodec import decompressed
+from accel.formats.nydus import constants as nydus_constants
 from accel.formats.soci.index import ANNOTATION_LAYER_DIGEST
 from accel.formats.tar import TarReader, clean_path
+from accel.oci import mediatypes as mt
 from accel.oci.manifest import Descriptor, Manifest
 
 _SOCI_READ = 1 << 16  # soci-snapshotter fetches spans; a 64 KiB read-ahead stays within one
@@ -97,12 +99,14 @@ class LazyReader:
         self._kinds = list(kinds)
         self._ztocs = ztocs
         self._indexes: dict[int, tuple[_FileReader, set[str]]] = {}
+        self._referenced: dict[str, int] = {}  # digest -> size of blobs the image needs but does not list
         self._current = Fetched()
         self.total = Fetched()
 
     @property
     def image_bytes(self) -> int:
-        return sum(layer.size for layer in self._layers)
+        """What a full pull would fetch: the layers, and the original layers OCI-ref blobs read from."""
+        return sum(layer.size for layer in self._layers) + sum(self._referenced.values())
 
     def read(self, path: str, expected: FileRecord | None) -> LazyRead:
         path = "/" + clean_path(path)
@@ -165,15 +169,32 @@ class LazyReader:
             whole = self._blob(layer).read_at(0, layer.size)
             bs = nydus.read_bootstrap(nydus.bootstrap_from_layer(decompressed(io.BytesIO(whole))))
             data_layers = {d.digest.split(":", 1)[1]: d for d in self._layers}
+            for entry in bs.blobs:
+                if entry.features & nydus_constants.BF_ZRAN and entry.blob_id not in data_layers:
+                    self._referenced[entry.blob_id] = entry.compressed_size
+
+            def meta(blob_index: int, offset: int, length: int) -> bytes:
+                """An OCI-ref blob's metadata is in its Nydus layer, which the blob table names."""
+                entry = bs.blobs[blob_index]
+                holder = entry.blob_meta_digest.hex() if entry.features & nydus_constants.BF_SEPARATE else ""
+                layer = data_layers.get(holder) or data_layers.get(entry.blob_id)
+                if layer is None:
+                    raise FormatError(f"blob {entry.blob_id} has no layer in the image for its metadata")
+                return self._blob(layer).read_at(offset, length)
 
             def chunk(blob_index: int, offset: int, length: int) -> bytes:
-                blob_id = bs.blobs[blob_index].blob_id
-                if blob_id not in data_layers:
-                    raise FormatError(f"blob {blob_id} is not a layer of the image")
-                return self._blob(data_layers[blob_id]).read_at(offset, length)
+                entry = bs.blobs[blob_index]
+                layer = data_layers.get(entry.blob_id)
+                if layer is None and entry.features & nydus_constants.BF_ZRAN:
+                    # Its chunks are inflated from the original gzip layer, in the same repository.
+                    layer = Descriptor(mt.OCI_LAYER_GZIP, "sha256:" + entry.blob_id, entry.compressed_size)
+                if layer is None:
+                    raise FormatError(f"blob {entry.blob_id} is not a layer of the image")
+                return self._blob(layer).read_at(offset, length)
 
             names = {p.decode("utf-8", "surrogateescape") for p, _ in bs.entries}
-            return (lambda path: nydus.read_file(bs, path, chunk)), names
+            metas: dict[int, nydus.BlobMeta] = {}
+            return (lambda path: nydus.read_file(bs, path, chunk, metas, read_meta=meta)), names
         ztoc = self._ztocs.get(layer.digest)
         if ztoc is not None:
             self._count(ztoc.size)

@@ -640,6 +640,8 @@ class _Conversion:
         for document in [*documents, *(a.manifest for a in artifacts)]:
             for blob in [*document.layers, document.config]:
                 blobs.setdefault(blob.digest, blob)
+        for blob in (b for p in pushables if not p.image.unchanged for b in p.image.required_blobs):
+            blobs.setdefault(blob.digest, blob)
         self.counters.expect("push", blobs.values())
         configs = {d.config.digest for d in [*documents, *(a.manifest for a in artifacts)]}
         # Layers first, then configs: a config is what makes a manifest's content look complete.

@@ -173,6 +173,9 @@ class ConvertedImage:
     unchanged: bool = False
     entry_artifact_type: str | None = None
     """``artifactType`` of the converted manifest's entry in the output index (Nydus in merged indexes)."""
+    required_blobs: list[Descriptor] = field(default_factory=list)
+    """Blobs the image needs in the target repository although no manifest lists them (the original
+    layers an OCI-ref Nydus image reads its chunks from); pushed, mounted or found there like layers."""
 
 
 class Driver(ABC, Generic[E]):

@@ -306,6 +306,9 @@ class NydusDriver(Driver[_LayerMeta]):
     ) -> ConvertedImage:
         extra = self._dict_layers(layers, appended, ctx)
         converted = super().finish_image(image, [*layers, *extra], appended, ctx)
+        if self.oci_ref:
+            # nydusd reads the chunks from the original layers by digest, in the image's own repository.
+            converted.required_blobs = list(image.manifest.layers)
         if self.with_referrer:
             converted.manifest.subject = image.descriptor()
         if self.merge_manifest:

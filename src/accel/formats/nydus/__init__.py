@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from accel.formats.nydus.blob import (
     BlobFile,
+    BlobMeta,
     blob_meta_file,
     extract_via_toc,
     read_blob,
@@ -39,6 +40,7 @@ from accel.formats.nydus.zran import build_ref_layer
 
 __all__ = [
     "BlobFile",
+    "BlobMeta",
     "Bootstrap",
     "ChunkDict",
     "LayerBuild",

@@ -105,7 +105,7 @@ class BlobFile:
 
     def chunk_data(self, index: int, compressor: str) -> bytes:
         ci = self.chunks[index]
-        if isinstance(ci, CiV2) and ci.flags & c.CI2_ZRAN:
+        if isinstance(ci, CiV2) and is_zran_chunk(ci):
             return self._zran_chunk(index, ci)
         if is_batched(ci):
             # One unit serves many chunks: keep the last few decompressed.
@@ -126,25 +126,15 @@ class BlobFile:
 
     def _zran_chunk(self, index: int, ci: CiV2) -> bytes:
         """Inflate the chunk's context from the original layer (kept for the next chunk of the same one)."""
-        which, offset = ci.data >> 32, ci.data & 0xFFFFFFFF
-        if which >= len(self.zran_contexts):
-            raise FormatError(f"chunk {index} names zran context {which} of {len(self.zran_contexts)}")
+        which = ci.data >> 32
         if self._inflated is None or self._inflated[0] != which:
             if self.original is None:
                 raise FormatError("an OCI-ref blob's chunks need the original layer", entry=c.ENTRY_BLOB)
-            ctx = self.zran_contexts[which]
-            window = self.zran_dicts[ctx.dict_offset : ctx.dict_offset + ctx.dict_size]
-            compressed = self.original(ctx.in_offset, ctx.in_len)
-            out = b"".join(
-                inflate_from([compressed], window=window, bits=ctx.ctx_bits, partial_byte=ctx.ctx_byte)
+            self._inflated = (
+                which,
+                inflate_zran_context(self.zran_contexts, self.zran_dicts, which, self.original),
             )
-            if len(out) < ctx.out_len:
-                raise FormatError(f"zran context {which} inflates to {len(out)} bytes, not {ctx.out_len}")
-            self._inflated = (which, out[: ctx.out_len])
-        data = self._inflated[1][offset : offset + ci.uncompressed_size]
-        if len(data) != ci.uncompressed_size:
-            raise FormatError(f"chunk {index} lies beyond its zran context", entry=c.ENTRY_BLOB)
-        return data
+        return zran_slice(index, ci, self._inflated[1])
 
     def _read(self, offset: int, length: int) -> bytes:
         return self.data[offset : offset + length]
@@ -230,6 +220,8 @@ class BlobMeta:
     batches: list[BatchContext]
     zran_contexts: list[ZranContext] = field(default_factory=list)
     zran_dicts: bytes = b""
+    # The last zran context inflated, by index: the next chunk is most often in it.
+    inflated: tuple[int, bytes] | None = None
 
 
 def read_blob_meta(raw: bytes) -> BlobMeta:
@@ -270,6 +262,33 @@ def decode_ci_array(ci: bytes, header: BlobMetaHeader) -> list[CiV1 | CiV2]:
         raw = ci[i * per : (i + 1) * per]
         out.append(CiV2.decode(raw) if v2 else CiV1.decode(raw))
     return out
+
+
+def inflate_zran_context(contexts: list[ZranContext], dicts: bytes, which: int, read_at: ReadAt) -> bytes:
+    """The output of zran context ``which``: its compressed range of the original gzip layer, read with
+    ``read_at``, inflated from its window as nydusd does."""
+    if which >= len(contexts):
+        raise FormatError(f"zran context {which} of {len(contexts)}", entry=c.ENTRY_META)
+    ctx = contexts[which]
+    window = dicts[ctx.dict_offset : ctx.dict_offset + ctx.dict_size]
+    compressed = read_at(ctx.in_offset, ctx.in_len)
+    out = b"".join(inflate_from([compressed], window=window, bits=ctx.ctx_bits, partial_byte=ctx.ctx_byte))
+    if len(out) < ctx.out_len:
+        raise FormatError(f"zran context {which} inflates to {len(out)} bytes, not {ctx.out_len}")
+    return out[: ctx.out_len]
+
+
+def zran_slice(index: int, ci: CiV2, inflated: bytes) -> bytes:
+    """Chunk ``index`` out of its context's output."""
+    offset = ci.data & 0xFFFFFFFF
+    data = inflated[offset : offset + ci.uncompressed_size]
+    if len(data) != ci.uncompressed_size:
+        raise FormatError(f"chunk {index} lies beyond its zran context", entry=c.ENTRY_BLOB)
+    return data
+
+
+def is_zran_chunk(ci: CiV1 | CiV2) -> bool:
+    return isinstance(ci, CiV2) and bool(ci.flags & c.CI2_ZRAN)
 
 
 def decode_zran_table(ci: bytes, header: BlobMetaHeader) -> tuple[list[ZranContext], bytes]:

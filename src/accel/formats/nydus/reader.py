@@ -12,12 +12,19 @@ from functools import partial
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
 from accel.formats.nydus.batch import BF_BATCH, is_batched, slice_chunk, unit_bytes
-from accel.formats.nydus.blob import BlobMeta, read_blob_meta
+from accel.formats.nydus.blob import (
+    BlobMeta,
+    inflate_zran_context,
+    is_zran_chunk,
+    read_blob_meta,
+    zran_slice,
+)
 from accel.formats.nydus.chunkcodec import decompress, digest_of
 from accel.formats.nydus.ondisk import (
     BlobEntry,
     ChunkAddr,
     ChunkInfo,
+    CiV2,
     Device,
     Dirent,
     ExtSuperBlock,
@@ -397,13 +404,17 @@ def read_file(
     path: str,
     read_range: Callable[[int, int, int], bytes],
     metas: dict[int, BlobMeta] | None = None,
+    *,
+    read_meta: Callable[[int, int, int], bytes] | None = None,
 ) -> bytes:
     """A regular file's content through the bootstrap: each chunk is fetched from its blob with
     ``read_range(blob_index, offset, length)`` (what nydusd asks of a registry), decompressed and checked
     against the chunk table's digest.
 
-    A blob with batch chunks has its blob meta fetched first, as nydusd does, since only that locates a
-    batched chunk; ``metas`` (blob index -> meta) keeps them across calls."""
+    A blob with batch or zran chunks has its blob meta fetched first, as nydusd does, since only that
+    locates such a chunk; ``metas`` (blob index -> meta) keeps them across calls. The meta is read with
+    ``read_meta`` where given: an OCI-ref blob's lives in its Nydus layer (``blob_meta_digest``), while
+    ``read_range`` reads the original gzip layer its chunks are inflated from."""
     wanted = "/" + path.strip("/")
     try:
         rec = bs.inode_at(wanted.encode("utf-8", "surrogateescape"))
@@ -419,9 +430,12 @@ def read_file(
         ch = by_start.get((blob_index, offset))
         if ch is None:
             raise FormatError(f"no chunk of blob {blob_index} starts at {offset}", entry=path)
-        meta = _batch_meta(bs, blob_index, read_range, metas if metas is not None else {})
+        meta = _blob_meta(bs, blob_index, read_meta or read_range, metas if metas is not None else {})
         ci = meta.chunks[ch.index] if meta is not None and ch.index < len(meta.chunks) else None
-        if meta is not None and ci is not None and is_batched(ci):
+        if meta is not None and isinstance(ci, CiV2) and is_zran_chunk(ci):
+            inflated = _zran_output(meta, ci.data >> 32, partial(read_range, blob_index))
+            data = zran_slice(ch.index, ci, inflated)
+        elif meta is not None and ci is not None and is_batched(ci):
             unit = unit_bytes(ci, meta.batches, compressors[blob_index], partial(read_range, blob_index))
             data = slice_chunk(ci, unit)
         else:
@@ -437,11 +451,18 @@ def read_file(
     return b"".join(parts)
 
 
-def _batch_meta(
+def _zran_output(meta: BlobMeta, which: int, read_at: Callable[[int, int], bytes]) -> bytes:
+    """A context's output, kept on the meta for the next chunk in it (files are read chunk after chunk)."""
+    if meta.inflated is None or meta.inflated[0] != which:
+        meta.inflated = (which, inflate_zran_context(meta.zran_contexts, meta.zran_dicts, which, read_at))
+    return meta.inflated[1]
+
+
+def _blob_meta(
     bs: Bootstrap, blob_index: int, read_range: Callable[[int, int, int], bytes], metas: dict[int, BlobMeta]
 ) -> BlobMeta | None:
     entry = bs.blobs[blob_index]
-    if not entry.features & BF_BATCH:
+    if not entry.features & (BF_BATCH | c.BF_ZRAN):
         return None
     meta = metas.get(blob_index)
     if meta is None:
