@@ -33,11 +33,7 @@ from accel.formats.nydus.chunkcodec import compress, decompress
 from accel.formats.nydus.ondisk import BlobMetaHeader, CiV1, CiV2
 from accel.formats.nydus.tree import Chunk
 
-BF_BATCH = 0x80
-# BlobChunkInfoV2Ondisk flag bits (the top byte of uncomp_info).
-CI_COMPRESSED = 0x01
-CI_BATCH = 0x04
-BATCH_FEATURES = BF_BATCH | c.BF_CHUNK_INFO_V2
+BATCH_FEATURES = c.BF_BATCH | c.BF_CHUNK_INFO_V2
 
 
 @dataclass(frozen=True)
@@ -94,7 +90,7 @@ def check_batch_size(batch_size: int, chunk_size: int, fs_version: int) -> None:
 
 
 def is_batched(ci: CiV1 | CiV2) -> TypeGuard[CiV2]:
-    return isinstance(ci, CiV2) and bool(ci.flags & CI_BATCH)
+    return isinstance(ci, CiV2) and bool(ci.flags & c.CI2_BATCH)
 
 
 def batch_ref(ci: CiV2) -> tuple[int, int]:
@@ -125,7 +121,7 @@ class BatchPacker:
             chunk.uncompressed_size,
             compressed_offset,
             0,
-            CI_COMPRESSED | CI_BATCH,
+            c.CI2_COMPRESSED | c.CI2_BATCH,
             len(self.contexts) << 32 | len(self.buf),
         )
         self.buf += data
@@ -146,7 +142,7 @@ class BatchPacker:
         for i, ch in enumerate(chunks):
             entry = self.refs.get(i)
             if entry is None:
-                flags = CI_COMPRESSED if ch.compressed else 0
+                flags = c.CI2_COMPRESSED if ch.compressed else 0
                 entry = CiV2(
                     ch.uncompressed_offset,
                     ch.uncompressed_size,
@@ -165,7 +161,7 @@ class BatchPacker:
 def decode_batch_table(meta: bytes, header: BlobMetaHeader) -> list[BatchContext]:
     """The contexts after the ci array (``meta``: the uncompressed blob meta data), checked as nydusd's
     ``BlobCompressionContextInfo`` maps them."""
-    if not header.features & BF_BATCH:
+    if not header.features & c.BF_BATCH:
         return []
     count, offset, size = header.zran_count, header.zran_offset, header.zran_size
     if offset < header.ci_entries * c.CI_V2_SIZE or count * BatchContext.SIZE > size:

@@ -11,7 +11,7 @@ from functools import partial
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
-from accel.formats.nydus.batch import BF_BATCH, is_batched, slice_chunk, unit_bytes
+from accel.formats.nydus.batch import is_batched, slice_chunk, unit_bytes
 from accel.formats.nydus.blob import (
     BlobMeta,
     inflate_zran_context,
@@ -462,7 +462,7 @@ def _blob_meta(
     bs: Bootstrap, blob_index: int, read_range: Callable[[int, int, int], bytes], metas: dict[int, BlobMeta]
 ) -> BlobMeta | None:
     entry = bs.blobs[blob_index]
-    if not entry.features & (BF_BATCH | c.BF_ZRAN):
+    if not entry.features & (c.BF_BATCH | c.BF_ZRAN):
         return None
     meta = metas.get(blob_index)
     if meta is None:
