@@ -600,25 +600,23 @@ class RegistryClient:
         open_source: Callable[[], BinaryIO],
         progress: Callable[[int], None] | None,
     ) -> None:
-        offset = 0
+        upload = BlobUpload(self, op, location)
         with open_source() as source:
-            # One chunk is held in memory so that a re-authentication can resend it.
             while chunk := source.read(self._settings.upload_chunk_size):
-                headers = {
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
-                    "Content-Length": str(len(chunk)),
-                }
-                body = _slices(chunk)
-                response = self._call_once(op, "PATCH", location, ok=(202,), headers=headers, body=body)
-                location = _location(response, op.what)
-                offset += len(chunk)
+                upload.send(chunk)
                 if progress:
                     progress(len(chunk))
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": "0"}
-        self._call_once(
-            op, "PUT", _with_query(location, "digest", digest), ok=(201,), headers=headers, body=b""
-        )
+        upload.commit(digest)
+
+    def start_upload(self, host: str, repo: str) -> BlobUpload:
+        """Open an upload session for a blob whose digest is not known yet (it is still being written):
+        ``send`` its bytes in order as they come, ``commit`` it under its digest at the end. One attempt
+        per request, no retries: a session that failed midway is in an unknown state, so the caller pushes
+        the finished blob with ``push_blob`` instead (which retries)."""
+        op = _Op(host, repo, f"blob upload to {host}/{repo}", push=True)
+        uploads = self._url(host, repo, "blobs", "uploads") + "/"
+        response = self._call_once(op, "POST", uploads, ok=(202,))
+        return BlobUpload(self, op, _location(response, op.what))
 
     # ----------------------------------------------------------------------------------- referrers
 
@@ -662,6 +660,42 @@ class RegistryClient:
         index = _referrers.with_referrer(current, descriptor)
         data = json.dumps(index, separators=(",", ":")).encode()
         return self.put_manifest(host, repo, tag, data, OCI_INDEX)
+
+
+class BlobUpload:
+    """One chunked upload session (the distribution API's POST, PATCH..., PUT ?digest=)."""
+
+    def __init__(self, client: RegistryClient, op: _Op, location: str) -> None:
+        self._client = client
+        self._op = op
+        self._location = location
+        self.offset = 0
+
+    def send(self, chunk: bytes) -> None:
+        """PATCH the next ``chunk``; it is held in memory, so a re-authentication can resend it."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{self.offset}-{self.offset + len(chunk) - 1}",
+            "Content-Length": str(len(chunk)),
+        }
+        response = self._client._call_once(
+            self._op, "PATCH", self._location, ok=(202,), headers=headers, body=_slices(chunk)
+        )
+        self._location = _location(response, self._op.what)
+        self.offset += len(chunk)
+
+    def commit(self, digest: str) -> None:
+        """Close the session: the registry verifies the bytes sent against ``digest``."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": "0"}
+        url = _with_query(self._location, "digest", digests.validate(digest))
+        self._client._call_once(self._op, "PUT", url, ok=(201,), headers=headers, body=b"")
+
+    def cancel(self) -> None:
+        """Drop the session (best effort: a registry also expires abandoned sessions itself)."""
+        try:
+            self._client._call_once(self._op, "DELETE", self._location, ok=(204, 404))
+        except (RegistryError, RetryableError) as exc:
+            log.debug("%s: cancel failed: %s", self._op.what, exc)
 
 
 # --------------------------------------------------------------------------------------------- helpers
