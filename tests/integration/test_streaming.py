@@ -282,3 +282,48 @@ def test_a_registry_fault_midway_through_a_streamed_upload_still_pushes_the_imag
     assert tagged is not None and tagged.digest == result.target_digest
     # The layer went up twice: the dropped stream's first chunk, then the whole blob from the store.
     assert fault_proxy.count("PATCH", uploads) > -(-pushed.size // (256 << 10))
+
+
+class RewindingEStargz(EStargzDriver):
+    """Writes bytes that are not the blob first, lets their PATCH reach the registry, then rewinds its blob
+    (as the eStargz builder does when a path appears twice) and writes the real one."""
+
+    def __init__(self, held: Fault) -> None:
+        super().__init__({})
+        self.held = held
+
+    def convert_layer(self, layer: Descriptor, diff_id: str, ctx: DriverContext) -> ConvertedLayer[None]:
+        def writer(sink: Any) -> Any:
+            sink.write(os.urandom(512 << 10))
+            assert self.held.reached.wait(20), "the first bytes were never sent"
+            self.held.release.set()
+            sink.seek(0)
+            sink.truncate()
+            return sink
+
+        rewinding: Any = _HeldContext(ctx, writer)
+        return super().convert_layer(layer, diff_id, rewinding)
+
+
+def test_a_blob_rewound_while_it_streams_is_pushed_whole(
+    registry_plain: RegistryServer,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    repo = f"stream-{tmp_path.name.lower()}/app"
+    _image(registry_plain, tmp_path, repo)
+    held = fault_proxy.hold("PATCH", rf"^/v2/{repo}/blobs/uploads/.", after=0)
+    caplog.set_level(logging.INFO, logger="accel.converter.uploads")
+    registry = {"upload_chunk_size": 256 << 10}
+    config = make_config(
+        tmp_path / "work", {fault_proxy.host: registry_plain.source()}, tag_suffix="-esgz", registry=registry
+    )
+    try:
+        with Converter(config, driver=RewindingEStargz(held)) as converter:
+            converter.convert(f"{fault_proxy.host}/{repo}:v1")
+            report = converter.check(f"{fault_proxy.host}/{repo}:v1-esgz")
+    finally:
+        held.release.set()
+    assert "restarted while it uploaded" in caplog.text
+    assert report.ok, report.failures
