@@ -327,3 +327,22 @@ def test_a_blob_rewound_while_it_streams_is_pushed_whole(
         held.release.set()
     assert "restarted while it uploaded" in caplog.text
     assert report.ok, report.failures
+
+
+def test_streamed_uploads_authenticate_with_bearer_tokens(
+    registry_token: RegistryServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    image = build_simple_image(tmp_path / "src", {"data/random": os.urandom(2 * MIB), "etc/name": b"tok"})
+    caplog.set_level(logging.INFO, logger="accel.converter.uploads")
+    config = make_config(
+        tmp_path / "work",
+        {registry_token.host: registry_token.source()},
+        tag_suffix="-esgz",
+        registry={"upload_chunk_size": 256 << 10},
+    )
+    target = f"{registry_token.host}/stream-{tmp_path.name.lower()}/tok:v1"
+    with Converter(config, driver=EStargzDriver({})) as converter:
+        converter.convert(f"oci:{image.layout}:latest", target=target)
+        report = converter.check(target)
+    assert "streamed upload dropped" not in caplog.text, "the session's PATCHes and PUT must authenticate"
+    assert report.ok, report.failures
