@@ -92,3 +92,21 @@ def test_failure_is_one_clear_line_and_nonzero_exit(registry_plain: RegistryServ
     bad.write_text("converter: {driver: {type: nope}}\n")
     proc = accelctl("convert", "--config", str(bad), f"{registry_plain.host}/cli/absent:v1")
     assert proc.returncode == 2 and "converter.driver.type" in proc.stderr
+
+
+def test_a_conversion_between_layouts_loads_no_http_stack(tmp_path: Path) -> None:
+    image = build_docker_image(tmp_path / "src")
+    config = write_config(tmp_path / "c.yaml", tmp_path / "work", {}, driver="estargz", tag_suffix="-esgz")
+    # The whole command in a process of its own, then what it imported: start-up is what a user waits for.
+    script = (
+        "import json, sys\n"
+        "from accel.cli.accelctl import main\n"
+        f"code = main(['convert', '--config', {str(config)!r}, '--output', 'json',"
+        f" 'oci:{image.layout}:latest', '--target', 'oci:{tmp_path / 'out'}:esgz'])\n"
+        "heavy = [m for m in ('httpx', 'httpcore', 'rich.console') if m in sys.modules]\n"
+        "print(json.dumps({'code': code, 'heavy': heavy}), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    summary = json.loads(proc.stdout)
+    assert summary["target_digest"].startswith("sha256:"), proc.stderr
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}

@@ -2,7 +2,8 @@
 
 Faults match a method and a regex searched in the request path, and apply a given number of times:
 
-* ``fail(...)``: answer ``status`` (e.g. 500, or 429 with Retry-After) without contacting the upstream;
+* ``fail(...)``: answer ``status`` (e.g. 500, or 429 with Retry-After) without contacting the upstream
+  (``skip``: only after that many matching requests went through, e.g. the second PATCH of an upload);
 * ``drop(...)``: send the headers and the first ``after`` bytes of the upstream's body, then close;
 * ``corrupt(...)``: pass the upstream answer on with one body byte changed (headers untouched);
 * ``hold(...)``: send the headers and the first ``after`` bytes, then the rest once the test sets the
@@ -37,6 +38,8 @@ class Fault:
     status: int = 500
     retry_after: str | None = None
     after: int = 0
+    skip: int = 0
+    seen: int = 0
     hits: int = 0
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -77,10 +80,18 @@ class FaultProxy:
     # ------------------------------------------------------------------------------ scripting
 
     def fail(
-        self, method: str, pattern: str, status: int = 500, times: int = 1, retry_after: str | None = None
+        self,
+        method: str,
+        pattern: str,
+        status: int = 500,
+        times: int = 1,
+        retry_after: str | None = None,
+        skip: int = 0,
     ) -> Fault:
         return self._add(
-            Fault("fail", method, re.compile(pattern), times, status=status, retry_after=retry_after)
+            Fault(
+                "fail", method, re.compile(pattern), times, status=status, retry_after=retry_after, skip=skip
+            )
         )
 
     def drop(self, method: str, pattern: str, after: int, times: int = 1) -> Fault:
@@ -113,6 +124,9 @@ class FaultProxy:
             self.requests.append((method, path, headers))
             for fault in self._faults:
                 if fault.method == method and fault.hits < fault.times and fault.pattern.search(path):
+                    fault.seen += 1
+                    if fault.seen <= fault.skip:
+                        continue
                     fault.hits += 1
                     return fault
         return None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from accel import __version__
 from accel.cli import tasks
 from accel.cli.logs import demote_http_client_logs
-from accel.cli.progress import BarProgress, LogProgress
+from accel.cli.progress import LogProgress
 from accel.config import Config, DriverConfig, Rule, load_config
 from accel.converter import ConversionResult, Converter
 from accel.drivers import available_drivers, create_driver
@@ -22,6 +22,7 @@ from accel.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, AccelError, Con
 from accel.oci.platform import Platform
 
 if TYPE_CHECKING:
+    from accel.cli.bars import BarProgress
     from accel.converter.check import CheckReport
 
 
@@ -118,9 +119,13 @@ def _override(config: Config, args: argparse.Namespace) -> Config:
 
 def _convert(args: argparse.Namespace) -> int:
     config = _override(load_config(args.config), args)
-    display: AbstractContextManager[BarProgress | LogProgress] = (
-        BarProgress() if sys.stderr.isatty() and args.output == "text" else LogProgress()
-    )
+    display: AbstractContextManager[BarProgress | LogProgress]
+    if sys.stderr.isatty() and args.output == "text":
+        from accel.cli.bars import BarProgress
+
+        display = BarProgress()
+    else:
+        display = LogProgress()
     with Converter(config) as converter, display as progress:
         result = converter.convert(args.source, target=args.target, progress=progress)
     _print_summary(result, args.output)

@@ -16,11 +16,12 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
-
-import httpx
+from typing import TYPE_CHECKING, Any, TextIO
 
 from accel.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_ADDR = "localhost:2077"
 EXIT_REFUSED = EXIT_FAILED
@@ -42,6 +43,9 @@ class TaskClient:
     def __init__(
         self, addr: str = DEFAULT_ADDR, *, auth: str = "", token: str = "", timeout: float = 3600.0
     ) -> None:
+        # Imported here: ``accelctl convert`` builds this module's parser but never talks to acceld.
+        import httpx
+
         self.addr = addr
         self._auth = auth
         self._token = token
@@ -63,6 +67,8 @@ class TaskClient:
         self.close()
 
     def _request(self, method: str, path: str, *, header: str = "", **kwargs: Any) -> httpx.Response:
+        import httpx
+
         headers = {"Authorization": header} if header else {}
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)

@@ -309,6 +309,7 @@ class BlobWriter:
         self._file: BinaryIO | None = os.fdopen(fd, "w+b")
         self.committed: tuple[str, int] | None = None
         self._watcher: Callable[[int], None] | None = None
+        self._on_end: Callable[[tuple[str, int] | None], None] | None = None
 
     def __enter__(self) -> BlobWriter:
         return self
@@ -336,6 +337,11 @@ class BlobWriter:
         """Call ``watcher(size)`` after every write, once the bytes are on disk (``size`` 0 after a
         restart); it may raise to stop the writing."""
         self._watcher = watcher
+
+    def on_end(self, callback: Callable[[tuple[str, int] | None], None] | None) -> None:
+        """Call ``callback((digest, size))`` once the blob is committed, ``callback(None)`` once it is
+        discarded instead (closed uncommitted, or its check failed); exactly once either way."""
+        self._on_end = callback
 
     def open_reader(self) -> int:
         """A read-only descriptor of the blob being written; it stays valid after commit or discard."""
@@ -410,6 +416,9 @@ class BlobWriter:
             self._file = None
         if self.committed is None:
             self._tmp.unlink(missing_ok=True)
+        ended, self._on_end = self._on_end, None
+        if ended is not None:
+            ended(self.committed)
 
 
 class Lease:

@@ -24,6 +24,7 @@ from typing import BinaryIO, cast
 from accel.content import BlobWriter, ContentStore, GrowingFile, Lease
 from accel.converter.progress import Counters
 from accel.converter.repositories import ImageRepository
+from accel.converter.uploads import StreamedUploads
 from accel.drivers.base import ReadAt
 from accel.errors import CanceledError, ConversionError
 from accel.oci import mediatypes as mt
@@ -115,7 +116,9 @@ class ConversionIO:
         cancel: threading.Event | None,
         scratch: Path,
         images: OtherImages | None = None,
+        uploads: StreamedUploads | None = None,
     ) -> None:
+        """``uploads``: where new blobs are streamed to while they are written (a registry target)."""
         self.store = store
         self.lease = lease
         self.source = source
@@ -124,6 +127,7 @@ class ConversionIO:
         self.cancel = cancel
         self._scratch = scratch
         self.images = images or OtherImages(None)
+        self.uploads = uploads
         self.notes: list[str] = []
         self._notes_lock = threading.Lock()
 
@@ -137,6 +141,7 @@ class ConversionIO:
             self.cancel,
             self._scratch,
             self.images,
+            self.uploads,
         )
 
     # ------------------------------------------------------------------ DriverContext
@@ -187,7 +192,10 @@ class ConversionIO:
         return first
 
     def new_blob(self) -> BlobWriter:
-        return self.store.writer(lease=self.lease)
+        writer = self.store.writer(lease=self.lease)
+        if self.uploads is not None:
+            self.uploads.attach(writer)
+        return writer
 
     def put_blob(self, data: bytes) -> str:
         return self.store.write_bytes(data, lease=self.lease)

@@ -48,6 +48,7 @@ from accel.converter.repositories import (
     open_repository,
 )
 from accel.converter.rules import target_reference
+from accel.converter.uploads import StreamedUploads
 from accel.database import DatabaseUnavailableError, PostgresDatabase, is_postgres_dsn
 from accel.drivers import Driver, create_driver
 from accel.drivers.base import ConvertedImage, ConvertedLayer, ImageLayer, SourceImage
@@ -317,6 +318,13 @@ class _Conversion:
         self.source = source_repo
         self.target = target
         self.counters = counters
+        # A new blob's upload starts while the driver writes it; a layout target links or copies the
+        # committed file instead (nothing to overlap).
+        self.streams = (
+            StreamedUploads(target, counters, converter.config.provider.registry.upload_chunk_size)
+            if isinstance(target, RegistryRepository)
+            else None
+        )
         self.caches = CacheSession(
             converter.cache if self.driver.caches_layers else None,
             self._remote_cache(),
@@ -334,6 +342,7 @@ class _Conversion:
             cancel,
             converter.scratch_dir,
             OtherImages(self._open_other),
+            self.streams,
         )
         self.notes: list[str] = []
         self.cache_hits = 0
@@ -383,6 +392,8 @@ class _Conversion:
         for future in futures:
             future.cancel()
         wait(futures)
+        if self.streams is not None:
+            self.streams.close()
 
     # ------------------------------------------------------------------ the run
 
@@ -416,6 +427,8 @@ class _Conversion:
         finally:
             if failed:
                 self._end_uploads()
+            elif self.streams is not None:
+                self.streams.close()  # only blobs no manifest lists can still be streaming
         return ConversionResult(
             source=source_name,
             target=source_name if top is None else target_name,
@@ -728,7 +741,11 @@ class _Conversion:
         if self.store.has(blob.digest):
             verified = self.store.path(blob.digest)
         counter = self.counters.blob("push", blob)
-        outcome = self.target.push_blob(blob, open_source, origin, counter.advance, verified)
+        # SOCI v1 moves the target to the source repository: blobs streamed elsewhere do not count there.
+        streams = self.streams if self.streams is not None and self.streams.target is self.target else None
+        outcome = streams.outcome(blob.digest) if streams is not None else None
+        if outcome is None:
+            outcome = self.target.push_blob(blob, open_source, origin, counter.advance, verified)
         counter.done(outcome)
         self.counters.span("push", started, time.monotonic())
         log.debug("blob %s: %s", blob.digest, outcome)

@@ -17,7 +17,7 @@ from accel.oci import digest as digests
 from accel.oci.layout import OCILayout
 from accel.oci.manifest import Descriptor
 from accel.oci.reference import LayoutReference, Reference
-from accel.registry import RegistryClient
+from accel.registry import BlobUpload, RegistryClient
 
 Progress = Callable[[int], None]
 
@@ -149,6 +149,10 @@ class RegistryRepository(ImageRepository):
             mount_from=mount_from,
             progress=progress,
         )
+
+    def start_upload(self) -> BlobUpload:
+        """An upload session for a blob still being written (its digest is given at the end)."""
+        return self.client.start_upload(self.host, self.repository)
 
     def referrers_fallback(self, subject: str, descriptor: Descriptor) -> None:
         # Registries with the referrers API index the subject themselves; Debian's 2.8 has none.

@@ -2,6 +2,7 @@
 
 from accel.registry.auth import Challenge, Credentials, TokenCache, parse_www_authenticate
 from accel.registry.client import (
+    BlobUpload,
     FetchedDescriptor,
     FetchedManifest,
     PutManifestResult,
@@ -11,6 +12,7 @@ from accel.registry.referrers import fallback_tag
 from accel.registry.retry import RetryableError, RetryPolicy, parse_retry_after
 
 __all__ = [
+    "BlobUpload",
     "Challenge",
     "Credentials",
     "FetchedDescriptor",

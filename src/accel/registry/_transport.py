@@ -8,6 +8,7 @@ reads; when a proxy is configured (or httpx changes shape) the stock pool is kep
 
 from __future__ import annotations
 
+import functools
 import ssl
 import typing
 
@@ -66,14 +67,24 @@ class _LargeReadBackend(httpcore.NetworkBackend):
 
 
 def make_transport(verify: bool | ssl.SSLContext, limits: httpx.Limits) -> httpx.HTTPTransport:
-    transport = httpx.HTTPTransport(verify=verify, limits=limits)
+    # One context for the transport and its pool, and one for every host that verifies by default: loading
+    # the CA bundle takes ~27 ms a time, paid by every process before its first request (a plain-HTTP
+    # registry needs it too, for a redirect to HTTPS storage).
+    context = _default_context() if verify is True else httpx.create_ssl_context(verify=verify)
+    transport = httpx.HTTPTransport(verify=context, limits=limits)
     pool = getattr(transport, "_pool", None)
     if type(pool) is httpcore.ConnectionPool:
         transport._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+            ssl_context=context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=_LargeReadBackend(),
         )
     return transport
+
+
+@functools.cache
+def _default_context() -> ssl.SSLContext:
+    """httpx's own default (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``), made once per process."""
+    return httpx.create_ssl_context(verify=True)

@@ -14,12 +14,25 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import httpx
 
 from accel.errors import RegistryError, UnauthorizedError
 from accel.registry.retry import RETRYABLE_STATUSES, RetryableError, parse_retry_after
+
+if TYPE_CHECKING:
+    import httpx
+
+
+@cache
+def network_errors() -> tuple[type[Exception], ...]:
+    """httpx's errors of a connection that failed or dropped (retryable). httpx is imported on first use,
+    so only what talks to a registry loads it; an ``except`` evaluates this only once something raised."""
+    import httpx
+
+    return (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN68_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -221,7 +234,7 @@ class Authenticator:
                 if service:
                     form["service"] = service
                 response = client.post(realm, data=form)
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        except network_errors() as exc:
             raise RetryableError(f"token server for {host}: {type(exc).__name__}") from None
         status = response.status_code
         if status in RETRYABLE_STATUSES:

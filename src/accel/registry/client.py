@@ -16,12 +16,11 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urljoin
-
-import httpx
 
 from accel.config import RegistryClientConfig, SourceConfig
 from accel.errors import (
@@ -42,16 +41,17 @@ from accel.oci.mediatypes import (
     OCI_INDEX,
 )
 from accel.registry import referrers as _referrers
-from accel.registry._transport import make_transport
-from accel.registry.auth import Authenticator, Credentials, parse_www_authenticate
+from accel.registry.auth import Authenticator, Credentials, network_errors, parse_www_authenticate
 from accel.registry.retry import RETRYABLE_STATUSES, RetryableError, RetryPolicy, parse_retry_after
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("accel.registry")
 
 MAX_MANIFEST_SIZE = 8 << 20  # registries cap manifests at 4 MiB; refuse to buffer anything much larger
 _IO_CHUNK = 1 << 20
 _ERROR_BODY_LIMIT = 64 << 10
-_NETWORK_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _API_ENDPOINTS = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 # The distribution spec's name and tag grammars; checked before a name becomes part of a URL path.
@@ -194,6 +194,11 @@ class RegistryClient:
                 raise RegistryError("registry client is closed")
             client = self._clients.get(host)
             if client is None:
+                # Imported on first use: a conversion between OCI layouts never loads the HTTP stack.
+                import httpx
+
+                from accel.registry._transport import make_transport
+
                 limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
                 client = httpx.Client(
                     timeout=httpx.Timeout(self._settings.timeout, connect=min(self._settings.timeout, 30.0)),
@@ -242,7 +247,7 @@ class RegistryClient:
             )
             try:
                 response = client.send(request, stream=True, follow_redirects=follow_redirects)
-            except _NETWORK_ERRORS as exc:
+            except network_errors() as exc:
                 if _tls_verify_failure(exc):
                     # A configuration problem, not a transient fault: retrying cannot help.
                     raise RegistryError(
@@ -250,7 +255,7 @@ class RegistryClient:
                         " (set ca_file, or insecure: true, under provider.source)"
                     ) from None
                 raise RetryableError(f"{method} {op.what}: {_describe_exc(exc)}") from None
-            except httpx.HTTPError as exc:
+            except _http_error() as exc:
                 raise RegistryError(f"{method} {op.what}: {_describe_exc(exc)}") from None
             status = response.status_code
             if status in ok:
@@ -300,7 +305,7 @@ class RegistryClient:
             try:
                 # A HEAD answer has no body; its Content-Length is the size of the blob or manifest.
                 content = b"" if method == "HEAD" else _read_limited(response, MAX_MANIFEST_SIZE, op.what)
-            except _NETWORK_ERRORS as exc:
+            except network_errors() as exc:
                 raise RetryableError(f"{method} {op.what}: {_describe_exc(exc)}") from None
         return _Reply(response.status_code, response.headers, str(response.url), content)
 
@@ -420,7 +425,7 @@ class RegistryClient:
             ) as response:
                 try:
                     return _read_limited(response, max_size, what)
-                except _NETWORK_ERRORS as exc:
+                except network_errors() as exc:
                     raise RetryableError(f"GET {what}: {_describe_exc(exc)}") from None
 
         data = self._retry.call(attempt, f"GET {what}")
@@ -454,7 +459,7 @@ class RegistryClient:
                         data = _read_limited(response, length, what)
                     else:
                         data = _read_prefix(response, offset + length)[offset:]
-                except _NETWORK_ERRORS as exc:
+                except network_errors() as exc:
                     raise RetryableError(f"GET {what}: {_describe_exc(exc)}") from None
             if len(data) != length:
                 raise RegistryError(f"GET {what}: got {len(data)} bytes")
@@ -509,7 +514,7 @@ class RegistryClient:
                         sink.write(chunk)
                         if progress:
                             progress(len(chunk))
-                except _NETWORK_ERRORS as exc:
+                except network_errors() as exc:
                     reason = f"GET {what} at byte {digester.size}: {_describe_exc(exc)}"
                     raise RetryableError(reason, progressed=_advanced(furthest, digester.size)) from None
             if size is not None and digester.size < size:
@@ -600,25 +605,23 @@ class RegistryClient:
         open_source: Callable[[], BinaryIO],
         progress: Callable[[int], None] | None,
     ) -> None:
-        offset = 0
+        upload = BlobUpload(self, op, location)
         with open_source() as source:
-            # One chunk is held in memory so that a re-authentication can resend it.
             while chunk := source.read(self._settings.upload_chunk_size):
-                headers = {
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
-                    "Content-Length": str(len(chunk)),
-                }
-                body = _slices(chunk)
-                response = self._call_once(op, "PATCH", location, ok=(202,), headers=headers, body=body)
-                location = _location(response, op.what)
-                offset += len(chunk)
+                upload.send(chunk)
                 if progress:
                     progress(len(chunk))
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": "0"}
-        self._call_once(
-            op, "PUT", _with_query(location, "digest", digest), ok=(201,), headers=headers, body=b""
-        )
+        upload.commit(digest)
+
+    def start_upload(self, host: str, repo: str) -> BlobUpload:
+        """Open an upload session for a blob whose digest is not known yet (it is still being written):
+        ``send`` its bytes in order as they come, ``commit`` it under its digest at the end. One attempt
+        per request, no retries: a session that failed midway is in an unknown state, so the caller pushes
+        the finished blob with ``push_blob`` instead (which retries)."""
+        op = _Op(host, repo, f"blob upload to {host}/{repo}", push=True)
+        uploads = self._url(host, repo, "blobs", "uploads") + "/"
+        response = self._call_once(op, "POST", uploads, ok=(202,))
+        return BlobUpload(self, op, _location(response, op.what))
 
     # ----------------------------------------------------------------------------------- referrers
 
@@ -664,9 +667,52 @@ class RegistryClient:
         return self.put_manifest(host, repo, tag, data, OCI_INDEX)
 
 
+class BlobUpload:
+    """One chunked upload session (the distribution API's POST, PATCH..., PUT ?digest=)."""
+
+    def __init__(self, client: RegistryClient, op: _Op, location: str) -> None:
+        self._client = client
+        self._op = op
+        self._location = location
+        self.offset = 0
+
+    def send(self, chunk: bytes) -> None:
+        """PATCH the next ``chunk``; it is held in memory, so a re-authentication can resend it."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{self.offset}-{self.offset + len(chunk) - 1}",
+            "Content-Length": str(len(chunk)),
+        }
+        response = self._client._call_once(
+            self._op, "PATCH", self._location, ok=(202,), headers=headers, body=_slices(chunk)
+        )
+        self._location = _location(response, self._op.what)
+        self.offset += len(chunk)
+
+    def commit(self, digest: str) -> None:
+        """Close the session: the registry verifies the bytes sent against ``digest``."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": "0"}
+        url = _with_query(self._location, "digest", digests.validate(digest))
+        self._client._call_once(self._op, "PUT", url, ok=(201,), headers=headers, body=b"")
+
+    def cancel(self) -> None:
+        """Drop the session (best effort: a registry also expires abandoned sessions itself)."""
+        try:
+            self._client._call_once(self._op, "DELETE", self._location, ok=(204, 404))
+        except (RegistryError, RetryableError) as exc:
+            log.debug("%s: cancel failed: %s", self._op.what, exc)
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 _IDENTITY = {"Accept-Encoding": "identity"}
+
+
+@cache
+def _http_error() -> type[Exception]:
+    import httpx
+
+    return httpx.HTTPError
 
 
 def _verify(source: SourceConfig) -> bool | ssl.SSLContext:
@@ -763,7 +809,7 @@ def _error_detail(response: httpx.Response) -> tuple[str, str]:
             raw += chunk
             if len(raw) > _ERROR_BODY_LIMIT:
                 break
-    except httpx.HTTPError:
+    except _http_error():
         raw = b""
     finally:
         response.close()

@@ -118,6 +118,23 @@ def test_abandoned_writer_is_removed(tmp_path: Path) -> None:
         w.write(b"more")
 
 
+def test_writer_reports_its_end_once(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    ends: list[tuple[str, int] | None] = []
+    with store.writer() as w:
+        w.on_end(ends.append)
+        w.write(b"kept")
+        w.commit()
+    with store.writer() as w:
+        w.on_end(ends.append)
+        w.write(b"dropped")
+    with pytest.raises(DigestMismatchError), store.writer(of_bytes(b"other")) as w:
+        w.on_end(ends.append)
+        w.write(b"wrong")
+        w.commit()
+    assert ends == [(of_bytes(b"kept"), 4), None, None]
+
+
 def test_writer_restart(tmp_path: Path) -> None:
     store = _store(tmp_path)
     with store.writer(of_bytes(b"second try")) as w:

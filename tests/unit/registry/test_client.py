@@ -255,3 +255,29 @@ def test_valid_names_pass() -> None:
             ("x", "V_1"),
         ]:
             assert c.head_manifest(HOST, repo, ref) is None
+
+
+def test_hosts_that_verify_by_default_share_one_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading the CA bundle costs every process tens of milliseconds before its first request.
+    import socket
+    import ssl
+
+    made: list[object] = []
+    create = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(args or kwargs)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    with socket.socket() as probe:  # a port nobody listens on: each ping fails at once, before any TLS
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hosts = {f"127.0.0.1:{port}": SourceConfig(), f"localhost:{port}": SourceConfig(plain_http=True)}
+    settings = RegistryClientConfig(max_retries=0)
+    with RegistryClient(hosts, settings) as client:
+        for host in hosts:
+            with pytest.raises(RegistryError):
+                client.ping(host)
+    # None at all when an earlier client of this process made the shared one already; never one per host.
+    assert len(made) <= 1
