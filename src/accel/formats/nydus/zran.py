@@ -9,11 +9,14 @@ chunk out (``storage/src/cache/mod.rs`` ``decompress_zran``). The blob meta is t
 context table and the dictionaries; the blob id is the original layer's digest, the compressor gzip and
 the chunk digester sha256, as upstream forces for ref conversions.
 
-Contexts are chosen at chunk starts, as upstream's generator does (``ZranGenerator::begin_read``): a chunk
-continues the current context unless a newer block boundary lies before it and the context already spans
-half a chunk of compressed input or would pass two chunks of output, or a gzip member began since. A
-context's output ends with its last chunk (one byte later where that is the end of a gzip member, which
-nydusd's decoder cannot stop at), and its compressed range at the first block boundary after that.
+Contexts are checkpoints the inflater takes as it goes: the first block boundary after every two chunks
+of output (and at each gzip member's start), so it stops at a boundary a few thousand times a layer, not at
+each of its hundred thousand blocks. A chunk's context is the last checkpoint before it. Upstream's
+generator (``ZranGenerator::begin_read``) opens one after about one chunk of output or half a chunk of
+input; every context costs a 32 KiB window in the blob meta, which nydusd loads before the first read, so
+we take twice that: half the metadata, at most twice the inflating per cold read. A context's output ends
+with its last chunk (one byte later where that is the end of a gzip member, which nydusd's decoder cannot
+stop at), and its compressed range where the inflater had read to when it made that output.
 """
 
 from __future__ import annotations
@@ -50,11 +53,8 @@ MAX_CONTEXT_OUTPUT = c.MAX_CHUNK_SIZE
 # The inflating thread runs at most a few queued batches (about 12 MiB) ahead of the tar walk, so windows
 # of the boundaries the walk asks about are still in a ring this big.
 _RING = 32 << 20
-# How far a context may reach, in chunks of output (half as much compressed input) before a chunk starts a
-# new one. Upstream's generator uses 1; every context costs a 32 KiB dictionary in the blob meta, which
-# nydusd loads before the first read, so we take 2: half the metadata, at most twice the inflating per
-# cold read (see the README's Nydus section for the measurement).
-CONTEXT_SPAN = 2
+# Chunks of output between checkpoints (see the module's docstring).
+CHECKPOINT_SPACING = 2
 FEATURES = (
     c.BF_ALIGNED
     | c.BF_INLINED_FS_META
@@ -106,45 +106,43 @@ class _Source:
 
 
 class _Inflater(BlockInflater):
-    """Keeps every block boundary (for contexts and the chunks' compressed ranges) as a few numbers; a
-    context's window is copied out of the ring only when a chunk opens one there."""
+    """Takes a checkpoint (offsets, bits, window) at the first block boundary every ``spacing`` bytes of
+    output, and notes after every call to inflate how far input and output had come (for the chunks'
+    compressed ranges and the contexts' ends)."""
 
-    def __init__(self, source: ByteSource) -> None:
+    def __init__(self, source: ByteSource, spacing: int) -> None:
         super().__init__(source, background=True, ring_size=_RING)
-        self.bounds_in = array("Q")
-        self.bounds_out = array("Q")
-        self._bits = array("B")
-        self._bytes = array("B")
-        self._members = array("I")
+        self.spacing = spacing
+        self.marks_in = array("Q")
+        self.marks_out = array("Q")
         self.member_starts = array("Q", [0])
+        self._points: list[_Boundary] = []
+        self.points_out = array("Q")
+
+    def stepped(self) -> None:
+        self.marks_in.append(self.compressed_size)
+        self.marks_out.append(self.uncompressed_size)
+        if self.members > len(self.member_starts):
+            # A new gzip member: its chunks need a checkpoint of their own, right after its header.
+            self.member_starts.append(self.member_start)
+            self.boundaries_from = self.member_start
 
     def at_boundary(self, bits: int) -> None:
         out = self.uncompressed_size
-        if out == self.member_start and self.members > len(self.member_starts):
-            self.member_starts.append(out)
-        self._bits.append(bits)
-        self._bytes.append(self.previous_byte() if bits else 0)
-        self._members.append(self.members)
-        self.bounds_in.append(self.compressed_size)
-        self.bounds_out.append(out)  # last: a reader that sees this boundary sees all of it
-
-    def boundary_before(self, offset: int) -> int:
-        """The index of the last boundary at or before uncompressed ``offset`` (-1 if none): one the reader
-        has read past, so the inflating thread has recorded it, and its window is still in the ring."""
-        return bisect_right(self.bounds_out, offset) - 1
-
-    def member_of(self, index: int) -> int:
-        return self._members[index]
-
-    def boundary(self, index: int) -> _Boundary:
-        """Boundary ``index`` with its window (copied now, while the ring still holds it)."""
-        out, member = self.bounds_out[index], self._members[index]
         # The dictionary is the member's own output only: what inflateGetDictionary gives upstream.
-        have = min(WINDOW_SIZE, out - self.member_starts[member - 1])
-        window = self.output_before(out, have) if have else b""
-        return _Boundary(
-            index, self.bounds_in[index], out, self._bits[index], self._bytes[index], member, window
-        )
+        have = min(WINDOW_SIZE, out - self.member_start)
+        window = self.window()[WINDOW_SIZE - have :] if have else b""
+        byte = self.previous_byte() if bits else 0
+        index = len(self._points)
+        self._points.append(_Boundary(index, self.compressed_size, out, bits, byte, self.members, window))
+        self.points_out.append(out)  # last: a reader that sees this offset sees the whole checkpoint
+        self.boundaries_from = out + self.spacing
+
+    def checkpoint_before(self, offset: int) -> _Boundary | None:
+        """The last checkpoint at or before uncompressed ``offset``: the reader has read past it, so the
+        inflating thread has taken it."""
+        i = bisect_right(self.points_out, offset) - 1
+        return self._points[i] if i >= 0 else None
 
 
 @dataclass
@@ -200,35 +198,19 @@ class _ZranChunker:
             zc.context = renumber[zc.context]
 
     def _context_for(self, offset: int, size: int) -> _Context:
-        z = self.inflater
-        newest = z.boundary_before(offset)
-        if newest < 0:
+        point = self.inflater.checkpoint_before(offset)
+        if point is None:
             raise FormatError(f"no deflate block boundary before file data at offset {offset}")
         cur = self.contexts[-1] if self.contexts else None
-        if cur is None or z.member_of(newest) != cur.start.member:
-            return self._open(newest, offset)
-        if newest != cur.start.index:
-            spanned_in = z.bounds_in[newest] - cur.start.in_offset
-            spanned_out = offset - cur.start.out_offset
-            if (
-                spanned_in >= self.chunk_size * CONTEXT_SPAN // 2
-                or spanned_out >= self.chunk_size * CONTEXT_SPAN
-                or offset - cur.end_out > self.chunk_size
-            ):
-                return self._open(newest, offset)
+        if cur is None or point.index != cur.start.index:
+            cur = _Context(point, offset)
+            self.contexts.append(cur)
         if offset + size - cur.start.out_offset > MAX_CONTEXT_OUTPUT:
-            if newest == cur.start.index:
-                raise FormatError(
-                    f"the gzip stream has no deflate block boundary in the {MAX_CONTEXT_OUTPUT >> 20} MiB "
-                    f"before offset {offset + size}: it cannot be indexed for random access"
-                )
-            return self._open(newest, offset)
+            raise FormatError(
+                f"the gzip stream has no deflate block boundary in the {MAX_CONTEXT_OUTPUT >> 20} MiB "
+                f"before offset {offset + size}: it cannot be indexed for random access"
+            )
         return cur
-
-    def _open(self, boundary: int, offset: int) -> _Context:
-        ctx = _Context(self.inflater.boundary(boundary), offset)
-        self.contexts.append(ctx)
-        return ctx
 
 
 def build_ref_layer(src: ByteSource, dst: ByteSink, options: Options | None = None) -> LayerBuild:
@@ -243,7 +225,7 @@ def build_ref_layer(src: ByteSource, dst: ByteSink, options: Options | None = No
     head = source.read(3)
     if head[:2] != b"\x1f\x8b":
         raise FormatError("an OCI-ref (zran) layer must be gzip-compressed")
-    inflater = _Inflater(_Prefixed(head, source))
+    inflater = _Inflater(_Prefixed(head, source), opts.chunk_size * CHECKPOINT_SPACING)
     try:
         chunker = _ZranChunker(inflater, source, opts)
         root, files = read_tar(inflater, chunker, opts)
@@ -280,7 +262,7 @@ class _MetaData:
 def _context_table(chunker: _ZranChunker, inflater: _Inflater) -> _MetaData:
     """Every chunk's compressed range (the boundaries around it) and ci entry, each context's compressed and
     uncompressed span (to the first block boundary after its chunks), and the dictionaries, in one buffer."""
-    b_in, b_out = inflater.bounds_in, inflater.bounds_out
+    b_in, b_out = inflater.marks_in, inflater.marks_out
     total_in, total_out = inflater.compressed_size, inflater.uncompressed_size
     data = bytearray()
     for zc in chunker.chunks:

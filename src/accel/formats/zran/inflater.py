@@ -29,12 +29,16 @@ _BATCH = 1 << 20
 _QUEUE_BATCHES = 8
 # How far the thread can be ahead: the batch being copied, the queued ones, one being put and one being
 # made, each under two batches' worth of steps.
-_AHEAD_RING = 2 * _BATCH * (_QUEUE_BATCHES + 3)
+# The reader keeps views of the ring (no copy) for at most this much output it has not taken yet; beyond
+# it, older views are copied out.
+_BACKLOG = 4 << 20
+_AHEAD_RING = 2 * _BATCH * (_QUEUE_BATCHES + 4) + _BACKLOG
 
 
 class BlockInflater:
     """Inflates a gzip stream (one or more members) on demand, calling :meth:`at_boundary` at every deflate
-    block boundary that is not the end of a member.
+    block boundary that is not the end of a member; with :attr:`boundaries_from` set ahead, only at the
+    first one from there on (an indexer that wants a checkpoint every few megabytes need not stop at each).
 
     With ``background``, a thread inflates ahead (zlib runs without the GIL) while the caller parses what
     it reads: two cores for one stream. The hooks then run on that thread, before the output that follows
@@ -53,10 +57,14 @@ class BlockInflater:
         # Inflating ahead, each step makes at most a batch, so the thread is never more than the queue's
         # worth of batches ahead of its reader; the ring must hold that much (the reader copies from it).
         self._step_out = _BATCH if background else self._ring
+        # Inflating ahead, every call back into Python after zlib may wait for the reader's turn with the GIL
+        # (up to the switch interval): fewer, bigger reads of input mean fewer calls.
+        self._in_chunk = _BATCH if background else _IN_CHUNK
         if background and self._ring < _AHEAD_RING:
             raise ValueError(f"a ring of {self._ring} bytes is too small to inflate ahead")
         self._win = ctypes.create_string_buffer(self._ring)
         self._win_addr = ctypes.addressof(self._win)
+        self._ring_view = memoryview(self._win).cast("B")
         self._discard = 0
         self._strm.avail_out = 0
         self._strm.avail_in = 0
@@ -66,8 +74,11 @@ class BlockInflater:
         self._pending = b""
         self._totin = 0
         self._totout = 0
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._out_len = 0
+        # Boundaries before this uncompressed offset are not wanted: inflate straight up to it in big steps
+        # (few calls from Python), then stop at every block boundary again. 0: every boundary.
+        self.boundaries_from = 0
         self.member_start = 0  # uncompressed offset where the current gzip member began
         self.members = 1
         self.done = False  # the stream has ended (set by the inflating thread)
@@ -99,6 +110,9 @@ class BlockInflater:
     def consumed(self, data: memoryview) -> None:
         """Compressed bytes inflate has just used (only called when :attr:`observes_input` is set)."""
 
+    def stepped(self) -> None:
+        """One call to inflate is done (at a boundary, a full step, or a new gzip member's start)."""
+
     def finished(self) -> None:
         """The last gzip member has ended."""
 
@@ -117,35 +131,17 @@ class BlockInflater:
             ctypes.string_at(self._win_addr, pos)
         )
 
-    def output_before(self, offset: int, length: int) -> bytes:
-        """The ``length`` bytes of output before uncompressed ``offset``, while the ring still holds them
-        (from any thread: a big ring outlasts how far the inflating thread runs ahead of its reader)."""
-        start = offset - length
-        if start < 0 or offset > self._totout:
-            raise ValueError(f"output [{start}, {offset}) is not in the ring")
-        ring = self._ring
-        at = start % ring
-        if at + length <= ring:
-            data = ctypes.string_at(self._win_addr + at, length)
-        else:
-            data = ctypes.string_at(self._win_addr + at, ring - at) + ctypes.string_at(
-                self._win_addr, length - (ring - at)
-            )
-        if self._totout - start > ring:  # checked after copying: the inflater may have moved on meanwhile
-            raise RuntimeError(f"output [{start}, {offset}) was overwritten before it was read")
-        return data
-
     # -- inflating -------------------------------------------------------------------------------------
 
     def _more_input(self) -> bool:
         if not self._pending:
-            self._pending = self._src.read(_IN_CHUNK)
+            self._pending = self._src.read(self._in_chunk)
         return bool(self._pending)
 
     def _step(self) -> None:
         strm = self._strm
         if strm.avail_in == 0:
-            chunk = self._pending or self._src.read(_IN_CHUNK)
+            chunk = self._pending or self._src.read(self._in_chunk)
             self._pending = b""
             if not chunk:
                 raise FormatError("gzip layer ends before the end of its compressed stream (truncated)")
@@ -159,10 +155,14 @@ class BlockInflater:
             strm.avail_in = len(chunk)
         # Output goes round the ring, so the ring position of uncompressed offset p is p % ring.
         start = self._totout % self._ring
+        room = min(self._ring - start, self._step_out)
+        hunting = self._totout >= self.boundaries_from
+        if not hunting:
+            room = min(room, self.boundaries_from - self._totout)
         strm.next_out = self._win_addr + start
-        strm.avail_out = avail_out = min(self._ring - start, self._step_out)
+        strm.avail_out = avail_out = room
         avail_in = strm.avail_in
-        ret = self._z.inflate(native.Z_BLOCK)
+        ret = self._z.inflate(native.Z_BLOCK if hunting else native.Z_NO_FLUSH)
         used = avail_in - strm.avail_in
         made = avail_out - strm.avail_out
         if made:
@@ -191,6 +191,7 @@ class BlockInflater:
                 self._z.reset(native.WINDOW_BITS_AUTO)
                 self.member_start = self._totout
                 self.members += 1
+                self.stepped()
                 return
             self.done = True
             self._z.close()
@@ -201,8 +202,9 @@ class BlockInflater:
         ):
             raise FormatError(f"invalid gzip data at compressed offset {self._totin}: {self._z.message()}")
         dt = strm.data_type
-        if dt & 128 and not dt & 64:
+        if hunting and dt & 128 and not dt & 64:
             self.at_boundary(dt & 7)
+        self.stepped()
 
     # -- inflating ahead on a thread ------------------------------------------------------------------
 
@@ -244,11 +246,17 @@ class BlockInflater:
         if isinstance(item, BaseException):
             self._eof = True
             raise item
-        ring, addr = self._ring, self._win_addr
+        out = self._out
+        if self._out_len > _BACKLOG:
+            # A big read is collecting: copy what it has so far, so that the views stay within the ring.
+            self._out = out = [bytes(piece) for piece in out]
+        ring, view = self._ring, self._ring_view
         for offset, size in item:
-            self._out.append(ctypes.string_at(addr + offset % ring, size))
+            # A view, not a copy: the reader copies once, into its own buffer, or hashes it in place.
+            at = offset % ring
+            out.append(view[at : at + size])
             self._out_len += size
-        if self._totout - item[0][0] > ring:  # checked after copying: the inflater runs on meanwhile
+        if self._totout - item[0][0] > ring:
             raise RuntimeError("the inflating thread overwrote output its reader had not taken yet")
         return True
 
@@ -288,7 +296,7 @@ class BlockInflater:
             else:
                 out[0] = first[n:]
             self._out_len -= min(n, len(first))
-            return first[:n]
+            return bytes(first[:n])
         parts = []
         need = n
         while out and need:
