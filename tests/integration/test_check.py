@@ -182,9 +182,10 @@ def test_lazy_reads_through_each_index(name: str, outputs: dict[str, Path], work
         # between two files) plus a zTOC per layer: less than the image, not a tenth of it.
         assert kinds == {"soci"} and image.lazy_total.bytes < 0.5 * image.image_bytes, image.lazy_total
     elif name == "nydus-oci-ref":
-        # A zran chunk costs its whole inflate context (up to two chunks of output) of the original gzip
-        # layer, which the image bytes include: again less than the image, not a tenth of it.
-        assert image.lazy_total.bytes < 0.5 * image.image_bytes, image.lazy_total
+        # A zran chunk costs its inflate context of the original gzip layer, which the image bytes include:
+        # from the checkpoint before it (up to two chunks of output or one of input), here about half of
+        # this small image's layers; less than the image, not a tenth of it.
+        assert image.lazy_total.bytes < 0.6 * image.image_bytes, image.lazy_total
     else:
         # The indexes and the files' chunks only: a small part of an image of 4 MiB of random data.
         assert image.lazy_total.bytes < 0.10 * image.image_bytes, image.lazy_total

@@ -10,7 +10,7 @@ context table and the dictionaries; the blob id is the original layer's digest, 
 the chunk digester sha256, as upstream forces for ref conversions.
 
 Contexts are checkpoints the inflater takes as it goes: the first block boundary after every two chunks
-of output (and at each gzip member's start), so it stops at a boundary a few thousand times a layer, not at
+of output or one chunk of input, whichever comes first (and at each gzip member's start), so it stops at a boundary a few thousand times a layer, not at
 each of its hundred thousand blocks. A chunk's context is the last checkpoint before it. Upstream's
 generator (``ZranGenerator::begin_read``) opens one after about one chunk of output or half a chunk of
 input; every context costs a 32 KiB window in the blob meta, which nydusd loads before the first read, so
@@ -107,12 +107,13 @@ class _Source:
 
 class _Inflater(BlockInflater):
     """Takes a checkpoint (offsets, bits, window) at the first block boundary every ``spacing`` bytes of
-    output, and notes after every call to inflate how far input and output had come (for the chunks'
+    output or half as much input, and notes after every call to inflate how far input and output had come (for the chunks'
     compressed ranges and the contexts' ends)."""
 
     def __init__(self, source: ByteSource, spacing: int) -> None:
         super().__init__(source, background=True, ring_size=_RING)
         self.spacing = spacing
+        self._due_in = 0
         self.marks_in = array("Q")
         self.marks_out = array("Q")
         self.member_starts = array("Q", [0])
@@ -122,6 +123,9 @@ class _Inflater(BlockInflater):
     def stepped(self) -> None:
         self.marks_in.append(self.compressed_size)
         self.marks_out.append(self.uncompressed_size)
+        if self.compressed_size >= self._due_in and self.boundaries_from > self.uncompressed_size:
+            # Half the spacing of compressed input is due too (data that hardly compresses).
+            self.boundaries_from = self.uncompressed_size
         if self.members > len(self.member_starts):
             # A new gzip member: its chunks need a checkpoint of their own, right after its header.
             self.member_starts.append(self.member_start)
@@ -137,6 +141,7 @@ class _Inflater(BlockInflater):
         self._points.append(_Boundary(index, self.compressed_size, out, bits, byte, self.members, window))
         self.points_out.append(out)  # last: a reader that sees this offset sees the whole checkpoint
         self.boundaries_from = out + self.spacing
+        self._due_in = self.compressed_size + self.spacing // 2
 
     def checkpoint_before(self, offset: int) -> _Boundary | None:
         """The last checkpoint at or before uncompressed ``offset``: the reader has read past it, so the
