@@ -10,13 +10,14 @@ context table and the dictionaries; the blob id is the original layer's digest, 
 the chunk digester sha256, as upstream forces for ref conversions.
 
 Contexts are checkpoints the inflater takes as it goes: the first block boundary after every two chunks
-of output or one chunk of input, whichever comes first (and at each gzip member's start), so it stops at a boundary a few thousand times a layer, not at
-each of its hundred thousand blocks. A chunk's context is the last checkpoint before it. Upstream's
-generator (``ZranGenerator::begin_read``) opens one after about one chunk of output or half a chunk of
-input; every context costs a 32 KiB window in the blob meta, which nydusd loads before the first read, so
-we take twice that: half the metadata, at most twice the inflating per cold read. A context's output ends
-with its last chunk (one byte later where that is the end of a gzip member, which nydusd's decoder cannot
-stop at), and its compressed range where the inflater had read to when it made that output.
+of output or one chunk of input, whichever comes first (and at each gzip member's start), so it stops at a
+boundary a few thousand times a layer, not at each of its hundred thousand blocks. A chunk's context is
+the last checkpoint before it. Upstream's generator (``ZranGenerator::begin_read``) opens one after about
+one chunk of output or half a chunk of input; every context costs a 32 KiB window in the blob meta, which
+nydusd loads before the first read, so we take twice that: half the metadata, at most twice the inflating
+per cold read. A context's output ends with its last chunk (one byte later where that is the end of a gzip
+member, which nydusd's decoder cannot stop at), and its compressed range where the inflater had read to
+when it made that output.
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ class _Source:
 
 class _Inflater(BlockInflater):
     """Takes a checkpoint (offsets, bits, window) at the first block boundary every ``spacing`` bytes of
-    output or half as much input, and notes after every call to inflate how far input and output had come (for the chunks'
-    compressed ranges and the contexts' ends)."""
+    output or half as much input, and notes after every call to inflate how far input and output had come
+    (for the chunks' compressed ranges and the contexts' ends)."""
 
     def __init__(self, source: ByteSource, spacing: int) -> None:
         super().__init__(source, background=True, ring_size=_RING)
