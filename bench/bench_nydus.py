@@ -27,7 +27,7 @@ CACHE = ROOT / ".bench"
 DEFAULT_TAR = CACHE / "usr-lib.tar"
 
 
-class _CountingSink:
+class CountingSink:
     """Discards the blob but counts it (the benchmark measures the builder, not the disk)."""
 
     def __init__(self) -> None:
@@ -52,7 +52,7 @@ def ensure_tar(path: Path) -> Path:
 @dataclass
 class _Run:
     res: LayerBuild
-    sink: _CountingSink
+    sink: CountingSink
     elapsed: float
     cpu: float
     main_cpu: float
@@ -61,7 +61,7 @@ class _Run:
 
 
 def _run(tar: Path, opts: Options) -> _Run:
-    sink = _CountingSink()
+    sink = CountingSink()
     load_before = os.getloadavg()[0]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     main0 = time.thread_time()

@@ -27,16 +27,8 @@ from accel.formats.nydus import build_ref_layer  # noqa: E402
 from accel.formats.nydus.ondisk import BlobMetaHeader  # noqa: E402
 from accel.formats.soci import build_ztoc  # noqa: E402
 from accel.formats.zran import library_name  # noqa: E402
+from bench_nydus import CountingSink  # noqa: E402
 from bench_soci import cpu_seconds, ensure_layer, gunzip_count, peak_rss_mb  # noqa: E402
-
-
-class _CountingSink:
-    def __init__(self) -> None:
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.size += len(data)
-        return len(data)
 
 
 def main() -> None:
@@ -50,7 +42,7 @@ def main() -> None:
     print(f"layer          {layer} ({compressed / 1e6:.0f} MB gzip, {uncompressed / 1e6:.0f} MB tar)")
     print(f"inflate        {library_name()}, load {os.getloadavg()[0]:.2f}")
 
-    sink = _CountingSink()
+    sink = CountingSink()
     cpu0 = cpu_seconds()
     started = time.perf_counter()
     with layer.open("rb") as src:
