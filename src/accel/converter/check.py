@@ -293,7 +293,7 @@ class ImageChecker:
                     # is also the blob id the bootstrap names.
                     blob.original = functools.partial(repository.read_range, original)
                     nydus_blobs[original.split(":", 1)[1]] = blob
-                    detail = f"sections and {len(blob.zran_contexts)} zran contexts into {original} verified"
+                    detail = f"sections and {len(blob.zran.contexts)} zran contexts into {original} verified"
                 else:
                     nydus_blobs[layer.digest.split(":", 1)[1]] = blob
                     detail = f"sections and {len(blob.chunks)} chunk infos verified"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
@@ -54,11 +55,9 @@ class BlobFile:
     meta_header: BlobMetaHeader | None
     chunks: list[CiV1 | CiV2] = field(default_factory=list)
     digests: list[bytes] | None = None
-    zran_contexts: list[ZranContext] = field(default_factory=list)
-    zran_dicts: bytes = b""
+    zran: ZranTable = field(default_factory=lambda: ZranTable())
     # An OCI-ref blob's chunks live in the original gzip layer: ranged reads of it, when set.
     original: ReadAt | None = None
-    _inflated: tuple[int, bytes] | None = None
 
     @property
     def is_zran(self) -> bool:
@@ -105,8 +104,10 @@ class BlobFile:
 
     def chunk_data(self, index: int, compressor: str) -> bytes:
         ci = self.chunks[index]
-        if isinstance(ci, CiV2) and is_zran_chunk(ci):
-            return self._zran_chunk(index, ci)
+        if is_zran_chunk(ci):
+            if self.original is None:
+                raise FormatError("an OCI-ref blob's chunks need the original layer", entry=c.ENTRY_BLOB)
+            return self.zran.chunk(index, ci, self.original)
         if is_batched(ci):
             # One unit serves many chunks: keep the last few decompressed.
             key = batch_ref(ci)[0]
@@ -123,18 +124,6 @@ class BlobFile:
         if not ci.compressed:
             return raw
         return decompress(compressor, raw, ci.uncompressed_size)
-
-    def _zran_chunk(self, index: int, ci: CiV2) -> bytes:
-        """Inflate the chunk's context from the original layer (kept for the next chunk of the same one)."""
-        which = ci.data >> 32
-        if self._inflated is None or self._inflated[0] != which:
-            if self.original is None:
-                raise FormatError("an OCI-ref blob's chunks need the original layer", entry=c.ENTRY_BLOB)
-            self._inflated = (
-                which,
-                inflate_zran_context(self.zran_contexts, self.zran_dicts, which, self.original),
-            )
-        return zran_slice(index, ci, self._inflated[1])
 
     def _read(self, offset: int, length: int) -> bytes:
         return self.data[offset : offset + length]
@@ -199,7 +188,7 @@ def read_blob(data: bytes, *, check: bool = True) -> BlobFile:
         stored = data[header.ci_offset : header.ci_offset + header.ci_compressed_size]
         decoded = _decode_meta(stored, header)
         blob.chunks, blob.batches = decoded.chunks, decoded.batches
-        blob.zran_contexts, blob.zran_dicts = decoded.zran_contexts, decoded.zran_dicts
+        blob.zran = decoded.zran
     dig = blob.section(c.ENTRY_DIGEST)
     if dig is not None:
         raw = data[dig.data_offset : dig.data_offset + dig.size]
@@ -218,10 +207,7 @@ class BlobMeta:
     header: BlobMetaHeader
     chunks: list[CiV1 | CiV2]
     batches: list[BatchContext]
-    zran_contexts: list[ZranContext] = field(default_factory=list)
-    zran_dicts: bytes = b""
-    # The last zran context inflated, by index: the next chunk is most often in it.
-    inflated: tuple[int, bytes] | None = None
+    zran: ZranTable = field(default_factory=lambda: ZranTable())
 
 
 def read_blob_meta(raw: bytes) -> BlobMeta:
@@ -242,8 +228,8 @@ def _decode_meta(stored: bytes, header: BlobMetaHeader) -> BlobMeta:
     if compressor is None:
         raise FormatError(f"unknown ci compressor {header.ci_compressor}", entry=c.ENTRY_META)
     ci = stored if compressor == "none" else decompress(compressor, stored, header.ci_uncompressed_size)
-    contexts, dicts = decode_zran_table(ci, header)
-    return BlobMeta(header, decode_ci_array(ci, header), decode_batch_table(ci, header), contexts, dicts)
+    zran = ZranTable(*decode_zran_table(ci, header))
+    return BlobMeta(header, decode_ci_array(ci, header), decode_batch_table(ci, header), zran)
 
 
 def decode_ci_array(ci: bytes, header: BlobMetaHeader) -> list[CiV1 | CiV2]:
@@ -264,30 +250,42 @@ def decode_ci_array(ci: bytes, header: BlobMetaHeader) -> list[CiV1 | CiV2]:
     return out
 
 
-def inflate_zran_context(contexts: list[ZranContext], dicts: bytes, which: int, read_at: ReadAt) -> bytes:
-    """The output of zran context ``which``: its compressed range of the original gzip layer, read with
-    ``read_at``, inflated from its window as nydusd does."""
-    if which >= len(contexts):
-        raise FormatError(f"zran context {which} of {len(contexts)}", entry=c.ENTRY_META)
-    ctx = contexts[which]
-    window = dicts[ctx.dict_offset : ctx.dict_offset + ctx.dict_size]
-    compressed = read_at(ctx.in_offset, ctx.in_len)
-    out = b"".join(inflate_from([compressed], window=window, bits=ctx.ctx_bits, partial_byte=ctx.ctx_byte))
-    if len(out) < ctx.out_len:
-        raise FormatError(f"zran context {which} inflates to {len(out)} bytes, not {ctx.out_len}")
-    return out[: ctx.out_len]
+@dataclass
+class ZranTable:
+    """A zran blob's inflate contexts and their windows (empty for other blobs). It keeps the output of
+    the last context it inflated: a file's chunks follow one another, most often in the same context."""
+
+    contexts: list[ZranContext] = field(default_factory=list)
+    dicts: bytes = b""
+    _last: tuple[int, bytes] | None = field(default=None, repr=False)
+
+    def chunk(self, index: int, ci: CiV2, read_at: ReadAt) -> bytes:
+        """Chunk ``index``, inflated from its context's range of the original layer (``read_at``)."""
+        which = ci.data >> 32
+        if self._last is None or self._last[0] != which:
+            self._last = (which, self._inflate(which, read_at))
+        offset = ci.data & 0xFFFFFFFF
+        data = self._last[1][offset : offset + ci.uncompressed_size]
+        if len(data) != ci.uncompressed_size:
+            raise FormatError(f"chunk {index} lies beyond its zran context", entry=c.ENTRY_BLOB)
+        return data
+
+    def _inflate(self, which: int, read_at: ReadAt) -> bytes:
+        """Context ``which``'s output: its compressed range inflated from its window, as nydusd does."""
+        if which >= len(self.contexts):
+            raise FormatError(f"zran context {which} of {len(self.contexts)}", entry=c.ENTRY_META)
+        ctx = self.contexts[which]
+        window = self.dicts[ctx.dict_offset : ctx.dict_offset + ctx.dict_size]
+        compressed = read_at(ctx.in_offset, ctx.in_len)
+        out = b"".join(
+            inflate_from([compressed], window=window, bits=ctx.ctx_bits, partial_byte=ctx.ctx_byte)
+        )
+        if len(out) < ctx.out_len:
+            raise FormatError(f"zran context {which} inflates to {len(out)} bytes, not {ctx.out_len}")
+        return out[: ctx.out_len]
 
 
-def zran_slice(index: int, ci: CiV2, inflated: bytes) -> bytes:
-    """Chunk ``index`` out of its context's output."""
-    offset = ci.data & 0xFFFFFFFF
-    data = inflated[offset : offset + ci.uncompressed_size]
-    if len(data) != ci.uncompressed_size:
-        raise FormatError(f"chunk {index} lies beyond its zran context", entry=c.ENTRY_BLOB)
-    return data
-
-
-def is_zran_chunk(ci: CiV1 | CiV2) -> bool:
+def is_zran_chunk(ci: CiV1 | CiV2) -> TypeGuard[CiV2]:
     return isinstance(ci, CiV2) and bool(ci.flags & c.CI2_ZRAN)
 
 

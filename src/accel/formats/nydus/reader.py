@@ -12,19 +12,12 @@ from functools import partial
 from accel.errors import FormatError
 from accel.formats.nydus import constants as c
 from accel.formats.nydus.batch import is_batched, slice_chunk, unit_bytes
-from accel.formats.nydus.blob import (
-    BlobMeta,
-    inflate_zran_context,
-    is_zran_chunk,
-    read_blob_meta,
-    zran_slice,
-)
+from accel.formats.nydus.blob import BlobMeta, is_zran_chunk, read_blob_meta
 from accel.formats.nydus.chunkcodec import decompress, digest_of
 from accel.formats.nydus.ondisk import (
     BlobEntry,
     ChunkAddr,
     ChunkInfo,
-    CiV2,
     Device,
     Dirent,
     ExtSuperBlock,
@@ -432,9 +425,8 @@ def read_file(
             raise FormatError(f"no chunk of blob {blob_index} starts at {offset}", entry=path)
         meta = _blob_meta(bs, blob_index, read_meta or read_range, metas if metas is not None else {})
         ci = meta.chunks[ch.index] if meta is not None and ch.index < len(meta.chunks) else None
-        if meta is not None and isinstance(ci, CiV2) and is_zran_chunk(ci):
-            inflated = _zran_output(meta, ci.data >> 32, partial(read_range, blob_index))
-            data = zran_slice(ch.index, ci, inflated)
+        if meta is not None and ci is not None and is_zran_chunk(ci):
+            data = meta.zran.chunk(ch.index, ci, partial(read_range, blob_index))
         elif meta is not None and ci is not None and is_batched(ci):
             unit = unit_bytes(ci, meta.batches, compressors[blob_index], partial(read_range, blob_index))
             data = slice_chunk(ci, unit)
@@ -449,13 +441,6 @@ def read_file(
             raise FormatError(f"chunk at {offset} of blob {blob_index} does not match its digest", entry=path)
         parts.append(data[:length])
     return b"".join(parts)
-
-
-def _zran_output(meta: BlobMeta, which: int, read_at: Callable[[int, int], bytes]) -> bytes:
-    """A context's output, kept on the meta for the next chunk in it (files are read chunk after chunk)."""
-    if meta.inflated is None or meta.inflated[0] != which:
-        meta.inflated = (which, inflate_zran_context(meta.zran_contexts, meta.zran_dicts, which, read_at))
-    return meta.inflated[1]
 
 
 def _blob_meta(

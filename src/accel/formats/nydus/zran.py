@@ -76,7 +76,6 @@ class _Boundary:
     out_offset: int
     bits: int
     byte: int
-    member: int
     window: bytes
 
 
@@ -139,7 +138,7 @@ class _Inflater(BlockInflater):
         window = self.window()[WINDOW_SIZE - have :] if have else b""
         byte = self.previous_byte() if bits else 0
         index = len(self._points)
-        self._points.append(_Boundary(index, self.compressed_size, out, bits, byte, self.members, window))
+        self._points.append(_Boundary(index, self.compressed_size, out, bits, byte, window))
         self.points_out.append(out)  # last: a reader that sees this offset sees the whole checkpoint
         self.boundaries_from = out + self.spacing
         self._due_in = self.compressed_size + self.spacing // 2
