@@ -83,6 +83,11 @@ class CacheEntry:
     extra: bytes
     locations: list[str]
 
+    @classmethod
+    def from_row(cls, descriptor: str, diff_id: str, extra: bytes, locations: str) -> CacheEntry:
+        """An entry from its stored columns (descriptor and locations as JSON), in either index."""
+        return cls(Descriptor.from_dict(json.loads(descriptor)), diff_id, bytes(extra), json.loads(locations))
+
 
 class LayerIndex(Protocol):
     """Where the converted-layer entries are kept; thread-safe."""
@@ -133,10 +138,7 @@ class LayerCache:
                 "UPDATE layers SET last_used=? WHERE source_digest=? AND driver_key=?",
                 (time.time(), source_digest, driver_key),
             )
-        descriptor, diff_id, extra, locations = row
-        return CacheEntry(
-            Descriptor.from_dict(json.loads(descriptor)), diff_id, bytes(extra), json.loads(locations)
-        )
+        return CacheEntry.from_row(*row)
 
     def put(
         self,

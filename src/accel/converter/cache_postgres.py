@@ -65,10 +65,7 @@ class PostgresLayerCache:
                 ).fetchone()
             if row is None:
                 return None
-            descriptor, diff_id, extra, locations = row
-            return CacheEntry(
-                Descriptor.from_dict(json.loads(descriptor)), diff_id, bytes(extra), json.loads(locations)
-            )
+            return CacheEntry.from_row(*row)
 
         return self._hint("lookup", lookup, None)
 
