@@ -10,16 +10,8 @@ from typing import Any
 
 from accel.formats.nydus import constants as c
 from accel.formats.nydus.chunkcodec import decompress
+from accel.formats.nydus.reader import file_type_name
 from accel.formats.nydus.reader_v5 import V5Bootstrap, V5Inode, read_bootstrap_v5
-
-_KINDS = {
-    stat.S_IFREG: "reg",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFCHR: "chr",
-    stat.S_IFBLK: "blk",
-    stat.S_IFIFO: "fifo",
-}
 
 
 def file_data(bs: V5Bootstrap, rec: V5Inode, blobs: Mapping[str, bytes]) -> bytes:
@@ -43,7 +35,7 @@ def v5_tree(bootstrap: bytes, blobs: Mapping[str, bytes]) -> list[dict[str, Any]
     out = []
     for path, index in bs.entries:
         rec = bs.inodes[index]
-        kind = _KINDS[stat.S_IFMT(rec.mode)]
+        kind = file_type_name(rec.mode)
         item: dict[str, Any] = {
             "path": path.decode("utf-8", "surrogateescape"),
             "type": kind,
