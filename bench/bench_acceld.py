@@ -27,13 +27,13 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.test_acceld import SECRET, TOKEN, Acceld, push_event
+from accel.tasks.model import parse_time
+from tests.integration.test_acceld import Acceld, push_event
 from tests.integration.test_acceld_registry import daemon_config
 from tests.support.images import (
     MIB,
@@ -62,9 +62,7 @@ def wait_tasks(daemon: Acceld, count: int, timeout: float, interval: float = 0.0
     tasks: list[dict[str, Any]] = []
     with daemon.client() as client:
         while time.monotonic() < deadline:
-            response = client.get("/api/v1/conversions", headers={"Authorization": f"Bearer {TOKEN}"})
-            response.raise_for_status()
-            tasks = list(response.json())
+            tasks = daemon.tasks(client)
             if len(tasks) >= count and all(t["status"] in ("COMPLETED", "FAILED", "CANCELED") for t in tasks):
                 return tasks
             time.sleep(interval)
@@ -78,7 +76,9 @@ def wait_tasks(daemon: Acceld, count: int, timeout: float, interval: float = 0.0
 
 def finished_at(task: dict[str, Any]) -> float:
     """The task's end as a Unix time, from its record (the daemon's clock: this machine's)."""
-    return datetime.fromisoformat(str(task["finished"]).replace("Z", "+00:00")).timestamp()
+    finished = parse_time(task["finished"])
+    assert finished is not None, task
+    return finished.timestamp()
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -121,10 +121,7 @@ def burst(root: Path, args: argparse.Namespace) -> None:
 
                 def send(payload: dict[str, Any]) -> float:
                     begin = time.perf_counter()
-                    response = client.post(
-                        "/api/v1/conversions", json=payload, headers={"Authorization": SECRET}
-                    )
-                    response.raise_for_status()
+                    daemon.webhook(payload, client=client).raise_for_status()
                     return time.perf_counter() - begin
 
                 begin = time.perf_counter()
@@ -177,14 +174,10 @@ def end_to_end(root: Path, args: argparse.Namespace) -> None:
             busy: list[float] = []
             with daemon.client() as client:
                 for _ in range(50):
-                    if daemon.tasks()[-1]["status"] != "PROCESSING":
+                    if daemon.tasks(client)[-1]["status"] != "PROCESSING":
                         break
                     sent_at = time.perf_counter()
-                    client.post(
-                        "/api/v1/conversions",
-                        json=push_event(ref, digest=digest),
-                        headers={"Authorization": SECRET},
-                    ).raise_for_status()
+                    daemon.webhook(push_event(ref, digest=digest), client=client).raise_for_status()
                     busy.append(time.perf_counter() - sent_at)
             tasks = wait_tasks(daemon, 1, 1800)
             total = time.perf_counter() - begin
@@ -277,23 +270,25 @@ def many_images(root: Path, args: argparse.Namespace) -> None:
                 registry_pid = registry.pid
                 assert registry_pid is not None
                 registry_cpu, (busy, idle) = cpu_seconds(registry_pid), machine_busy()
+
+                def print_load(label: str) -> None:
+                    busy_now, idle_now = machine_busy()
+                    print(
+                        f"  {label}: registry CPU {cpu_seconds(registry_pid) - registry_cpu:.1f} s; machine "
+                        f"{busy_now - busy:.1f} s busy, {idle_now - idle:.1f} s idle"
+                    )
+
                 # Times come from the task records (webhook sent to the record's ``finished``), so how
                 # often this process polls changes neither the figure nor, at 0.1 s, the machine's load.
                 if together:
                     begin = time.time()
                     with daemon.client() as client:
                         for event in events:
-                            response = client.post(
-                                "/api/v1/conversions", json=event, headers={"Authorization": SECRET}
-                            )
+                            response = daemon.webhook(event, client=client)
                             assert response.status_code == 200, response.text
                     tasks = wait_tasks(daemon, len(events), 600, interval=0.1)
                     elapsed = max(finished_at(t) for t in tasks) - begin
-                    busy_now, idle_now = machine_busy()
-                    print(
-                        f"  burst: registry CPU {cpu_seconds(registry_pid) - registry_cpu:.1f} s; machine "
-                        f"{busy_now - busy:.1f} s busy, {idle_now - idle:.1f} s idle"
-                    )
+                    print_load("burst")
                     return elapsed, [], cpu_seconds(daemon.proc.pid) - cpu
                 alone = []
                 for n, event in enumerate(events):
@@ -301,12 +296,7 @@ def many_images(root: Path, args: argparse.Namespace) -> None:
                     assert daemon.webhook(event).status_code == 200
                     tasks = wait_tasks(daemon, n + 1, 600, interval=0.1)
                     alone.append(max(finished_at(t) for t in tasks) - begin)
-                busy_now, idle_now = machine_busy()
-                print(
-                    f"  one at a time: registry CPU {cpu_seconds(registry_pid) - registry_cpu:.1f} s; "
-                    "machine "
-                    f"{busy_now - busy:.1f} s busy, {idle_now - idle:.1f} s idle"
-                )
+                print_load("one at a time")
                 return sum(alone), alone, cpu_seconds(daemon.proc.pid) - cpu
             finally:
                 daemon.stop()

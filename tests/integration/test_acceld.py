@@ -166,16 +166,24 @@ class Acceld:
 
     # -- API helpers --------------------------------------------------------------------------------------
 
-    def webhook(self, payload: Any, auth: str | None = SECRET, **kwargs: Any) -> httpx.Response:
+    def webhook(
+        self, payload: Any, auth: str | None = SECRET, client: httpx.Client | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Sends one webhook; a caller that sends many passes its own keep-alive ``client``."""
+        if client is None:
+            with self.client() as own:
+                return self.webhook(payload, auth, own, **kwargs)
         headers = {"Authorization": auth} if auth is not None else {}
-        with self.client() as client:
-            return client.post("/api/v1/conversions", json=payload, headers=headers, **kwargs)
+        return client.post("/api/v1/conversions", json=payload, headers=headers, **kwargs)
 
-    def tasks(self) -> list[dict[str, Any]]:
-        with self.client() as client:
-            response = client.get("/api/v1/conversions", headers={"Authorization": f"Bearer {TOKEN}"})
-            response.raise_for_status()
-            return list(response.json())
+    def tasks(self, client: httpx.Client | None = None) -> list[dict[str, Any]]:
+        """The task list; a caller that polls passes its own keep-alive ``client``."""
+        if client is None:
+            with self.client() as own:
+                return self.tasks(own)
+        response = client.get("/api/v1/conversions", headers={"Authorization": f"Bearer {TOKEN}"})
+        response.raise_for_status()
+        return list(response.json())
 
     def wait_all_final(self, expected: int, timeout: float = 60.0) -> list[dict[str, Any]]:
         def done() -> list[dict[str, Any]] | None:
