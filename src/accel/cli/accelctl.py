@@ -9,11 +9,12 @@ import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from accel import __version__
 from accel.cli import tasks
 from accel.cli.logs import demote_http_client_logs
+from accel.cli.process import end_process, skip_unused_imports
 from accel.cli.progress import LogProgress
 from accel.config import Config, DriverConfig, Rule, load_config
 from accel.converter import ConversionResult, Converter
@@ -216,5 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run() -> NoReturn:
+    """The ``accelctl`` command: :func:`main` in a process of its own."""
+    skip_unused_imports()
+    end_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
