@@ -114,19 +114,33 @@ class GunzipStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int = -1, /) -> bytes:
+        # The decompressor's own output, not a copy of it through readinto (io.RawIOBase.read would copy
+        # every byte twice: into a bytearray, then into the bytes it returns).
+        if size < 0:
+            return self.readall()
+        return self._inflate(size) if size else b""
+
     def readinto(self, buf: WriteableBuffer, /) -> int:
         view = memoryview(buf).cast("B")
+        out = self._inflate(len(view)) if len(view) else b""
+        view[: len(out)] = out
+        return len(out)
+
+    def _inflate(self, limit: int) -> bytes:
+        """Up to ``limit`` (> 0) decompressed bytes; empty only at the end of the stream."""
         while True:
             if not self._pending and not self._input_done:
                 self._pending = self._raw.read(_READ)
                 self._input_done = not self._pending
-            if not self._in_member and self._pending and not self._pending.strip(b"\0"):
+            # (the first byte first: a member starts with 0x1f, and strip copies what it keeps)
+            if not self._in_member and self._pending[:1] == b"\0" and not self._pending.strip(b"\0"):
                 self._pending = b""  # zero padding after the last member, as gzip(1) tolerates
                 continue
             if not self._pending and not self._in_member:
-                return 0
+                return b""
             try:
-                out = self._obj.decompress(self._pending, len(view))
+                out = self._obj.decompress(self._pending, limit)
             except _INFLATE_ERROR as exc:
                 raise FormatError(f"gzip stream is corrupt: {exc}") from None
             self._in_member = True
@@ -139,8 +153,7 @@ class GunzipStream(io.RawIOBase):
                 if not out and not self._pending and self._input_done:
                     raise FormatError("gzip stream is truncated")
             if out:
-                view[: len(out)] = out
-                return len(out)
+                return out
 
 
 class _ZstdStream(io.RawIOBase):
@@ -151,6 +164,14 @@ class _ZstdStream(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size < 0:
+            return self.readall()
+        try:
+            return bytes(self._reader.read(size))
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"zstd stream is corrupt: {exc}") from None
 
     def readinto(self, buf: WriteableBuffer, /) -> int:
         try:
