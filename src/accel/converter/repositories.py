@@ -60,7 +60,8 @@ class ImageRepository(ABC):
 
     @abstractmethod
     def fetch_blob(self, descriptor: Descriptor, sink: BlobWriter, progress: Progress | None) -> None:
-        """Stream a blob into ``sink``, verified against the descriptor."""
+        """Stream a blob into ``sink``, verified against the descriptor: by ``sink`` itself when it
+        expects the descriptor's digest (a store writer checks it on commit), so the bytes are hashed once."""
 
     @abstractmethod
     def push_blob(
@@ -127,6 +128,7 @@ class RegistryRepository(ImageRepository):
             descriptor.size,
             cast(BinaryIO, sink),  # the client only writes, and rewinds with seek/truncate
             progress,
+            sink_verifies=sink.expected_digest == descriptor.digest,
         )
 
     def push_blob(
@@ -219,14 +221,20 @@ class LayoutRepository(ImageRepository):
         return data
 
     def fetch_blob(self, descriptor: Descriptor, sink: BlobWriter, progress: Progress | None) -> None:
-        digester = digests.Digester.for_digest(descriptor.digest)
+        # A writer expecting this digest checks it on commit; hashing here too would do it twice.
+        digester = (
+            None
+            if sink.expected_digest == descriptor.digest
+            else digests.Digester.for_digest(descriptor.digest)
+        )
         with self.layout.open_blob(descriptor.digest) as blob:
             while chunk := blob.read(1 << 20):
-                digester.update(chunk)
+                if digester is not None:
+                    digester.update(chunk)
                 sink.write(chunk)
                 if progress:
                     progress(len(chunk))
-        if digester.digest != descriptor.digest:
+        if digester is not None and digester.digest != descriptor.digest:
             raise DigestMismatchError(
                 f"{self.describe(descriptor.digest)}: digest mismatch: got {digester.digest}"
             )

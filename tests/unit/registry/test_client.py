@@ -7,14 +7,17 @@ import io
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from accel.config import RegistryClientConfig, SourceConfig
+from accel.content import ContentStore
 from accel.errors import (
     ConfigError,
+    DigestMismatchError,
     InvalidReferenceError,
     RegistryError,
     TransientRegistryError,
@@ -230,6 +233,56 @@ def test_drops_at_the_same_place_without_range_support_exhaust_retries() -> None
     with client(handler) as c, pytest.raises(TransientRegistryError, match="ReadError"):
         c.pull_blob(HOST, "x", digests.of_bytes(blob), len(blob), io.BytesIO())
     assert calls == [None, "bytes=1000-", "bytes=1000-"]  # max_retries=2: no endless restarts
+
+
+def test_a_sink_that_verifies_is_trusted_with_the_digest_but_not_the_size(tmp_path: Path) -> None:
+    blob = bytes(range(256)) * 40
+    digest = digests.of_bytes(blob)
+    served = {"body": blob}
+    ranges: list[str | None] = []
+
+    class DropAfter(httpx.SyncByteStream):
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            yield self.data[:1000]
+            raise httpx.ReadError("connection reset")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ranges.append(request.headers.get("Range"))
+        body = served["body"]
+        if len(ranges) == 1:  # the first answer drops: the resume offset comes from the byte count
+            return httpx.Response(200, stream=DropAfter(body), headers={"Content-Length": str(len(body))})
+        if ranges[-1]:
+            start = int(ranges[-1].removeprefix("bytes=").rstrip("-"))
+            headers = {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
+            return httpx.Response(206, content=body[start:], headers=headers)
+        return httpx.Response(200, content=body)
+
+    store = ContentStore(tmp_path / "store")
+    with client(handler) as c:
+        with store.writer(digest, len(blob)) as sink:
+            c.pull_blob(HOST, "x", digest, len(blob), sink, sink_verifies=True)  # type: ignore[arg-type]
+            assert sink.commit() == (digest, len(blob))
+        assert ranges == [None, "bytes=1000-"]
+        assert store.read_bytes(digest) == blob
+
+        # Same size, other bytes: the client leaves the check to the sink, whose commit refuses them.
+        served["body"] = bytes(reversed(blob))
+        ranges.clear()
+        with store.writer(digest, len(blob)) as sink:
+            c.pull_blob(HOST, "y", digest, len(blob), sink, sink_verifies=True)  # type: ignore[arg-type]
+            with pytest.raises(DigestMismatchError, match="digest mismatch"):
+                sink.commit()
+        with pytest.raises(DigestMismatchError, match="digest mismatch"):
+            c.pull_blob(HOST, "y", digest, len(blob), io.BytesIO())
+
+        # A longer body is refused by the client either way.
+        served["body"] = blob + b"x"
+        ranges.clear()
+        with pytest.raises(DigestMismatchError, match="more than the expected"):
+            c.pull_blob(HOST, "z", digest, len(blob), io.BytesIO(), sink_verifies=True)
 
 
 @pytest.mark.parametrize(
